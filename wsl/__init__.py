@@ -1,0 +1,36 @@
+"""wsl: weight-space learning — trained networks as data.
+
+Public API::
+
+    graph = wsl.to_graph(model)                  # any nn.Module / state_dict + arch / checkpoint path
+    model2 = wsl.from_graph(graph, model)        # exact inverse (a copy of `model` with the graph's weights)
+    g = graph.spec.sample_symmetry(torch.Generator().manual_seed(0))
+    graph2 = graph.apply_symmetry(g)             # same function, permuted / rescaled weights
+    sd = wsl.load_checkpoint("model.safetensors")
+"""
+
+from .graph import (
+    ConversionError,
+    NetworkSpec,
+    ParamGraph,
+    SymmetryElement,
+    from_graph,
+    to_graph,
+    trace,
+)
+from .io import CheckpointError, check_state_dict, load_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConversionError",
+    "NetworkSpec",
+    "ParamGraph",
+    "SymmetryElement",
+    "check_state_dict",
+    "from_graph",
+    "load_checkpoint",
+    "to_graph",
+    "trace",
+]

@@ -1,0 +1,179 @@
+"""The ``wsl`` command line.
+
+::
+
+    wsl convert CKPT --arch torchvision:resnet18 -o graph.pt      # checkpoint -> parameter graph file
+    wsl inspect graph.pt                                          # table: nodes, edges, layers, symmetries
+    wsl inspect CKPT --arch timm:resnet18 --plot graph.png        # also draw a (small) network's graph
+    wsl demo                                                      # convert + inspect + symmetry check
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+ARCH_HELP = "architecture: torchvision:NAME | timm:NAME | hf:CONFIG_JSON_OR_DIR | module:pkg.mod:fn"
+
+
+def _example_inputs(shape: str | None) -> Any:
+    if not shape:
+        return None
+    dims = tuple(int(s) for s in shape.replace("x", ",").split(",") if s)
+    return (torch.zeros(dims),)
+
+
+def _load_any(path: str, arch: str | None, shape: str | None, allow_pickle: bool):  # noqa: ANN202
+    from .graph import to_graph
+    from .graph.arch import build_arch
+    from .graph.serialize import GraphFileError, load_graph
+
+    try:
+        return load_graph(path)
+    except GraphFileError as e:
+        if arch is None:
+            if "not a wsl graph file" in str(e) or "no wsl metadata" in str(e):
+                raise SystemExit(f"wsl: {path} is not a graph file; to read a checkpoint pass --arch ({ARCH_HELP})")
+            if not os.path.exists(path):
+                raise SystemExit(f"wsl: {path}: no such file or directory")
+    module = build_arch(arch)
+    return to_graph(path, arch=module, example_inputs=_example_inputs(shape), allow_pickle=allow_pickle)
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from .graph import to_graph
+    from .graph.arch import build_arch
+    from .graph.serialize import save_graph
+
+    module = build_arch(a.arch)
+    t0 = time.perf_counter()
+    graph = to_graph(a.checkpoint, arch=module, example_inputs=_example_inputs(a.input_shape),
+                     allow_pickle=a.allow_pickle)
+    dt = time.perf_counter() - t0
+    save_graph(graph, a.output)
+    s = graph.spec.summary()
+    print(f"converted {a.checkpoint} ({s['parameters']:,} parameters) in {dt:.2f}s -> {a.output}: "
+          f"{s['nodes']:,} nodes, {s['edges']:,} edges")
+    return 0
+
+
+def format_table(graph: Any, *, max_groups: int = 12) -> str:
+    spec = graph.spec
+    s = spec.summary()
+    lines = [
+        f"architecture          {s['arch']}",
+        f"nodes                 {s['nodes']:,}",
+        f"edges                 {s['edges']:,}",
+        f"parameters            {s['parameters']:,}",
+        f"tensors               {s['tensors']} ({s['passthrough']} kept verbatim)",
+        f"layers (graph depth)  {s['layers']}",
+        "node kinds            " + ", ".join(f"{k}={v:,}" for k, v in s["node_kinds"].items()),
+        f"permutation classes   {s['free_permutation_classes']} free (input / output neurons stay fixed)",
+    ]
+    groups = spec.groups()
+    for g in groups[:max_groups]:
+        blocks = f", {g['blocks'][0]} blocks of {g['blocks'][1]}" if g["blocks"] else ""
+        names = ", ".join(dict.fromkeys(g["sets"]))
+        lines.append(f"  - S_{g['size']}{blocks}: {names[:90]}")
+    if len(groups) > max_groups:
+        lines.append(f"  ... and {len(groups) - max_groups} more")
+    scale = spec.scale_sets()
+    lines.append(f"scale / sign symmetries {len(scale)} sets")
+    for name, kind in scale[:max_groups]:
+        lines.append(f"  - {kind}: {name}")
+    if spec.notes:
+        lines.append("notes")
+        lines += [f"  - {n}" for n in spec.notes[:max_groups]]
+    return "\n".join(lines)
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    graph = _load_any(a.path, a.arch, a.input_shape, a.allow_pickle)
+    print(format_table(graph))
+    if a.plot:
+        from .graph.plot import plot_graph
+
+        plot_graph(graph, a.plot)
+        print(f"plot written to {a.plot}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """Convert a torchvision model, check the round trip and a random symmetry, save and inspect it."""
+    from .graph import from_graph, to_graph
+    from .graph.arch import build_arch
+    from .graph.serialize import load_graph, save_graph
+
+    torch.manual_seed(0)
+    model = build_arch(a.arch).eval()
+    x = torch.randn(2, 3, a.size, a.size)
+    t0 = time.perf_counter()
+    graph = to_graph(model, example_inputs=x)
+    t1 = time.perf_counter()
+    exact = all(torch.equal(v, model.state_dict()[k]) for k, v in graph.to_state_dict().items())
+    g = graph.spec.sample_symmetry(torch.Generator().manual_seed(0))
+    moved = int((g.perm != torch.arange(g.perm.numel())).sum())
+    permuted = from_graph(graph.apply_symmetry(g), model)
+    with torch.no_grad():
+        diff = (model(x) - permuted(x)).abs().max().item()
+    os.makedirs(os.path.dirname(a.output) or ".", exist_ok=True)
+    save_graph(graph, a.output)
+    print(format_table(load_graph(a.output)))
+    print(f"\nconverted {a.arch} in {t1 - t0:.2f}s; graph saved to {a.output}")
+    print(f"round trip bit-exact: {exact}")
+    print(f"random symmetry element moved {moved:,} of {graph.spec.num_nodes:,} neurons; "
+          f"max output change {diff:.2e}")
+    if a.plot:
+        from .graph.plot import plot_graph
+
+        small = build_arch("module:wsl.graph.plot:demo_network")
+        plot_graph(to_graph(small), a.plot)
+        print(f"plot of a small network's parameter graph: {a.plot}")
+    return 0 if exact and diff <= 1e-4 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsl", description="weight-space learning: networks as parameter graphs")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="convert a checkpoint into a parameter graph file")
+    c.add_argument("checkpoint", help="safetensors / .pt / .pth / .bin file or HF directory")
+    c.add_argument("--arch", required=True, help=ARCH_HELP)
+    c.add_argument("-o", "--output", required=True, help="graph file (.pt or .safetensors)")
+    c.add_argument("--input-shape", help="example input shape for tracing, e.g. 1,3,224,224")
+    c.add_argument("--allow-pickle", action="store_true", help="allow checkpoints that run code when loaded")
+    c.set_defaults(func=cmd_convert)
+    i = sub.add_parser("inspect", help="summarize a graph file or checkpoint")
+    i.add_argument("path")
+    i.add_argument("--arch", help=ARCH_HELP + " (needed for checkpoints)")
+    i.add_argument("--input-shape")
+    i.add_argument("--allow-pickle", action="store_true")
+    i.add_argument("--plot", metavar="PNG", help="draw the parameter graph (small networks only)")
+    i.set_defaults(func=cmd_inspect)
+    d = sub.add_parser("demo", help="convert + inspect + symmetry check on a torchvision model")
+    d.add_argument("--arch", default="torchvision:resnet18")
+    d.add_argument("--size", type=int, default=64, help="input image size")
+    d.add_argument("-o", "--output", default="outputs/demo_graph.safetensors")
+    d.add_argument("--plot", default="outputs/demo_graph.png")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .graph import ConversionError
+    from .io import CheckpointError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CheckpointError, ConversionError, FileNotFoundError, ValueError) as e:
+        print(f"wsl: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,21 @@
+"""Parameter graphs: trace any ``nn.Module``, convert checkpoints to graphs and back, derive symmetries."""
+
+from .builder import EDGE_TYPES, NODE_FEATURES, NODE_TYPES, ConversionError
+from .convert import from_graph, graph_from_state, to_graph, trace
+from .paramgraph import ParamGraph
+from .spec import NetworkSpec
+from .symmetry import SymmetryElement
+
+__all__ = [
+    "EDGE_TYPES",
+    "NODE_FEATURES",
+    "NODE_TYPES",
+    "ConversionError",
+    "NetworkSpec",
+    "ParamGraph",
+    "SymmetryElement",
+    "from_graph",
+    "graph_from_state",
+    "to_graph",
+    "trace",
+]

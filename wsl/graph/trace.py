@@ -1,0 +1,248 @@
+"""Trace a module by running it once and recording every torch call.
+
+Why not ``torch.fx``: symbolic tracing breaks on data-dependent Python control flow (HF transformers, many
+timm models), and a parameter graph needs concrete shapes anyway (a flatten feeding a ``Linear`` needs to
+know how many spatial positions each channel contributes). ``wsl`` therefore traces *concretely*: the
+module runs once under a :class:`~torch.overrides.TorchFunctionMode` on example inputs, normally with all
+parameters and inputs swapped for ``meta`` tensors (no memory, no FLOPs) through
+:func:`torch.func.functional_call` (the caller's module is never modified). Models whose Python code needs
+real values (``.item()``, data-dependent branches) are retried with real tensors. Every call goes to one
+of three places:
+
+* a **rule** (:mod:`wsl.graph.rules`) when a parameter takes part: it creates neuron sets and places the
+  parameter's elements as edges / node features;
+* an **op handler** (:mod:`wsl.graph.ops`) for parameter-free ops on activations: it replays the op on the
+  activation's neuron-id tensor (see :mod:`wsl.graph.labels`) and records symmetry constraints;
+* anything else touching an activation falls back to the conservative default: its neurons are marked
+  fixed (never permuted), so derived symmetries stay correct, just smaller.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from .builder import ConversionError, GraphBuilder
+from .labels import Act, Info, Opaque, Param, compress, unlabelled
+
+Handler = Callable[["Tracer", "Call"], Any]
+OP_HANDLERS: dict[str, Handler] = {}
+PARAM_RULES: dict[str, Handler] = {}
+
+
+def op_handler(*names: str) -> Callable[[Handler], Handler]:
+    """Register a handler for parameter-free ops on activations (by torch function name)."""
+
+    def deco(fn: Handler) -> Handler:
+        for n in names:
+            OP_HANDLERS[n] = fn
+        return fn
+
+    return deco
+
+
+def param_rule(*names: str) -> Callable[[Handler], Handler]:
+    """Register a per-layer-family rule for ops that involve parameters (by torch function name)."""
+
+    def deco(fn: Handler) -> Handler:
+        for n in names:
+            PARAM_RULES[n] = fn
+        return fn
+
+    return deco
+
+
+def func_name(func: Any) -> str:
+    name = getattr(func, "__name__", None) or str(func)
+    if name == "__get__":
+        owner = getattr(func, "__self__", None)
+        name = "__get__." + str(getattr(owner, "__name__", owner))
+    return name
+
+
+class Call:
+    """One recorded call: function, arguments, result, and the infos of tensor arguments."""
+
+    def __init__(self, tracer: Tracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        self.tracer = tracer
+        self.func = func
+        self.name = func_name(func)
+        self.args = args
+        self.kwargs = kwargs
+        self.out = out
+        self.module = tracer.module_path()
+
+    def arg(self, i: int, name: str, default: Any = None) -> Any:
+        if len(self.args) > i:
+            return self.args[i]
+        return self.kwargs.get(name, default)
+
+    def info(self, t: Any) -> Info | None:
+        return self.tracer.info_of(t) if isinstance(t, Tensor) else None
+
+    def where(self) -> str:
+        return f"op {self.name!r} in module {self.module or '<root>'!r}"
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, tracer: Tracer) -> None:
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.tracer.record(func, args, kwargs, out)
+        return out
+
+
+class Tracer:
+    """Runs a module once and feeds every call to rules / op handlers, building a :class:`GraphBuilder`."""
+
+    def __init__(self, module: nn.Module, names: Mapping[int, str], buffers: set[str],
+                 shapes: Mapping[str, torch.Size]) -> None:
+        self.root = module
+        self.names = dict(names)  # id(tensor passed to functional_call) -> state-dict key
+        self.buffers = buffers
+        self.shapes = dict(shapes)
+        self.numels = {k: int(torch.Size(v).numel()) for k, v in shapes.items()}
+        self.builder = GraphBuilder()
+        self._info: dict[int, Info] = {}
+        self._module_stack: list[str] = []
+        self.used: set[str] = set()
+
+    # ----------------------------------------------------------- info store
+    def info_of(self, t: Tensor) -> Info | None:
+        key = id(t)
+        if key in self._info:
+            return self._info[key]
+        name = self.names.get(key)
+        if name is not None:
+            numel = self.numels[name]
+            elem = torch.arange(numel).reshape(t.shape) if t.ndim else torch.arange(1).reshape(())
+            info = Param(name, elem, numel, buffer=name in self.buffers)
+            self.set_info(t, info)
+            return info
+        return None
+
+    def set_info(self, t: Tensor, info: Info) -> None:
+        key = id(t)
+        if key not in self._info:
+            weakref.finalize(t, self._info.pop, key, None)
+        self._info[key] = info
+
+    def set_act(self, t: Tensor, ids: Tensor, chain: tuple[int, str] | None = None) -> None:
+        if ids.ndim != t.ndim:
+            raise ConversionError(f"internal: id tensor has {ids.ndim} dims for a {t.ndim}-d activation")
+        self.set_info(t, Act(compress(ids), chain))
+
+    def mark_input(self, t: Tensor) -> None:
+        self.set_info(t, Act(unlabelled(t.ndim)))
+
+    # -------------------------------------------------------- module stack
+    def module_path(self) -> str:
+        return self._module_stack[-1] if self._module_stack else ""
+
+    def _hooks(self) -> list[Any]:
+        stack = self._module_stack
+
+        def enter(mod: nn.Module, args: Any, name: str) -> None:
+            stack.append(name)
+
+        def leave(mod: nn.Module, args: Any, out: Any) -> None:
+            stack.pop()
+
+        handles = []
+        for name, mod in self.root.named_modules():
+            handles.append(mod.register_forward_pre_hook(lambda m, a, n=name: enter(m, a, n)))
+            handles.append(mod.register_forward_hook(leave))
+        return handles
+
+    # ---------------------------------------------------------------- run
+    def run(self, params: dict[str, Tensor], inputs: tuple, kwargs: dict) -> Any:
+        from torch.func import functional_call
+
+        for t in tree_flatten((inputs, kwargs))[0]:
+            if isinstance(t, Tensor):
+                self.mark_input(t)
+        handles = self._hooks()
+        try:
+            with _Mode(self):
+                out = functional_call(self.root, params, inputs, kwargs, tie_weights=True, strict=False)
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+    # ------------------------------------------------------------- record
+    def record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        flat, _ = tree_flatten((args, kwargs))
+        infos = [self.info_of(t) for t in flat if isinstance(t, Tensor)]
+        if not any(i is not None for i in infos):
+            return
+        call = Call(self, func, args, kwargs, out)
+        has_act = any(isinstance(i, Act) for i in infos)
+        params = [i for i in infos if isinstance(i, (Param, Opaque)) and not (isinstance(i, Param) and i.buffer)]
+        buffers = [i for i in infos if isinstance(i, Param) and i.buffer]
+        for p in params + buffers:
+            for n in (p.names if isinstance(p, Opaque) else (p.name,)):
+                self.used.add(n)
+        if call.name in PARAM_RULES and (params or (buffers and has_act and call.name in _BUFFER_RULES)):
+            PARAM_RULES[call.name](self, call)
+            return
+        if params and has_act:
+            names = sorted({n for p in params for n in (p.names if isinstance(p, Opaque) else (p.name,))})
+            raise ConversionError(
+                f"cannot convert parameter(s) {', '.join(names)}: they are used by {call.where()}, for which "
+                f"wsl has no conversion rule. Supported parameter ops: {', '.join(sorted(PARAM_RULES))}. "
+                "Register one with wsl.graph.trace.param_rule, or pass a module that uses supported layers."
+            )
+        if not has_act:
+            from .ops import derive_param  # parameter-only arithmetic (views, expands, elementwise functions)
+
+            derive_param(self, call, params + buffers)
+            return
+        handler = OP_HANDLERS.get(call.name)
+        if handler is None:
+            from .ops import unknown_op
+
+            unknown_op(self, call)
+        else:
+            handler(self, call)
+
+
+# ops whose rule also has to see buffers (running statistics) even without a learnable parameter
+_BUFFER_RULES = {"batch_norm", "instance_norm"}
+
+
+def default_inputs(module: nn.Module) -> tuple:
+    """A plausible example input, guessed from the first parametric layer and the module's config."""
+    cfg = getattr(module, "config", None)
+    if cfg is not None and hasattr(cfg, "model_type"):
+        main = getattr(module, "main_input_name", "input_ids")
+        if main == "pixel_values":
+            size = getattr(cfg, "image_size", 224)
+            size = size if isinstance(size, int) else size[0]
+            return (torch.zeros(1, getattr(cfg, "num_channels", 3), size, size),)
+        return (torch.zeros(1, 8, dtype=torch.long),)
+    for m in module.modules():
+        if isinstance(m, nn.Embedding):
+            return (torch.zeros(1, 8, dtype=torch.long),)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            nd = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(m)] if type(m) in (
+                nn.Conv1d, nn.Conv2d, nn.Conv3d) else len(m.kernel_size)
+            size = {1: 256, 2: 224, 3: 16}[nd]
+            return (torch.zeros((1, m.in_channels) + (size,) * nd),)
+        if isinstance(m, nn.Linear):
+            return (torch.zeros(1, m.in_features),)
+        if isinstance(m, nn.MultiheadAttention):
+            return (torch.zeros(1, 4, m.embed_dim),)
+    raise ConversionError(
+        f"cannot guess an example input for {type(module).__name__}: pass example_inputs=(tensor, ...)"
+    )
