@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 import wsl
-from wsl.testing import max_output_diff
+from wsl.testing import inconsistent_graph, max_output_diff, randomize_
 
 FIXED_SIZE = {"vit": 224, "maxvit": 224, "swin": 224, "inception_v3": 299}
 
@@ -28,6 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("names", nargs="*")
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--max-params", type=float, default=300, help="skip models above this many M parameters")
     args = ap.parse_args()
     names = args.names or torchvision.models.list_models(module=torchvision.models)
     for name in names:
@@ -35,6 +36,12 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             m = torchvision.models.get_model(name, weights=None).eval()
+            n_params = sum(p.numel() for p in m.parameters()) / 1e6
+            if n_params > args.max_params:
+                print(f"{name:28s} SKIP {n_params:.0f}M parameters > --max-params", flush=True)
+                continue
+            s = size_for(name, args.size)
+            randomize_(m, torch.Generator().manual_seed(0), calibrate=torch.randn(2, 3, s, s))
             s = size_for(name, args.size)
             x = torch.randn(1, 3, s, s)
             t1 = time.perf_counter()
@@ -45,8 +52,12 @@ def main() -> None:
             e = g.spec.sample_symmetry(torch.Generator().manual_seed(0))
             m2 = wsl.from_graph(g.apply_symmetry(e), m)
             d = max_output_diff(m, m2, x)
+            with torch.no_grad():
+                out = m(x)
+            scale = float(out.abs().max())
             moved = (e.perm != torch.arange(e.perm.numel())).sum().item()
-            print(f"{name:28s} exact={exact} diff={d:.2e} moved={moved}/{g.spec.num_nodes} "
+            bad = max_output_diff(m, wsl.from_graph(inconsistent_graph(g, torch.Generator().manual_seed(0)), m), x)
+            print(f"{name:28s} exact={exact} out={scale:.1e} diff={d:.2e} wrong={bad:.1e} moved={moved}/{g.spec.num_nodes} "
                   f"free={g.spec.symmetry.num_free_classes()} scale={len(g.spec.scale_sets())} "
                   f"trace={t2 - t1:.2f}s params={g.spec.num_parameters / 1e6:.1f}M notes={len(g.spec.notes)}",
                   flush=True)

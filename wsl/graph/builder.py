@@ -78,10 +78,15 @@ class EdgeBlock:
 
     name: str | None  # state-dict key, None for identity (non-parameter) edges
     shape: tuple[int, ...]
-    src: Tensor  # [numel] int64
-    dst: Tensor  # [numel] int64
-    pos: Tensor  # [numel, 3] int16 kernel / spatial position of each element
+    view: tuple[int, ...]  # shape the per-element arrays broadcast to (same numel as ``shape``)
+    src: Tensor  # int64, broadcastable to ``view``
+    dst: Tensor  # int64, broadcastable to ``view``
+    pos: Tensor | None  # int16, broadcastable to ``view + (3,)``; None = all zero
     edge_type: str
+
+    @property
+    def numel(self) -> int:
+        return int(torch.Size(self.view).numel())
 
 
 @dataclass
@@ -161,27 +166,30 @@ class GraphBuilder:
         edge_type: str,
         pos: Tensor | None = None,
         axes: str = "dst,src",
+        view: tuple[int, ...] | None = None,
     ) -> None:
-        """Store a tensor as edges (elements in row-major order).
+        """Store a tensor as edges, one per element in row-major order.
 
-        ``axes`` names which endpoint the tensor's first and second axes index (``"dst,src"`` for the
-        ``[out, in, ...]`` layout, ``"src,dst"`` for ``[in, out]`` / embedding tables, ``"dst,dst"`` for
-        one-axis tensors); it is used to tie the usages of a tensor shared by several ops.
+        ``src`` / ``dst`` (and ``pos`` with a trailing dim of 3) only need to *broadcast* to ``view``
+        (default: ``shape``): they are expanded when the spec is frozen, straight into the final edge
+        arrays, so a layer costs no per-element memory while tracing. ``axes`` names which endpoint the
+        tensor's first and second axes index (``"dst,src"`` for ``[out, in, ...]``, ``"src,dst"`` for
+        ``[in, out]`` / embedding tables, ``"dst,dst"`` for one-axis tensors); it ties the usages of a tensor
+        shared by several ops.
         """
-        numel = int(torch.Size(shape).numel())
-        src = src.reshape(-1).expand(numel) if src.numel() == 1 else src.reshape(-1)
-        dst = dst.reshape(-1).expand(numel) if dst.numel() == 1 else dst.reshape(-1)
-        if src.numel() != numel or dst.numel() != numel:
-            raise ConversionError(f"internal: edge block {name!r} has {numel} elements but {src.numel()} sources")
-        if pos is None:
-            pos = torch.zeros(1, 3, dtype=torch.int16).expand(numel, 3)
+        view = tuple(shape) if view is None else tuple(view)
+        numel = int(torch.Size(view).numel())
+        if numel != int(torch.Size(shape).numel()):
+            raise ConversionError(f"internal: edge block {name!r} view {view} does not match shape {shape}")
+        torch.broadcast_shapes(src.shape, dst.shape, view)  # raises on a layout bug
         if name is not None:
             ends = {"src": src, "dst": dst}
             a0, a1 = (ends[k] for k in axes.split(","))
-            if self._already_placed(name, a0, a1):
+            if self._already_placed(name, a0.expand(view).reshape(-1), a1.expand(view).reshape(-1)):
                 return
             self.placed[name] = "edges"
-        self.edge_blocks.append(EdgeBlock(name, tuple(shape), src.long(), dst.long(), pos.to(torch.int16), edge_type))
+        self.edge_blocks.append(EdgeBlock(name, tuple(shape), view, src.long(), dst.long(),
+                                          None if pos is None else pos.to(torch.int16), edge_type))
 
     def add_nodes(self, name: str, shape: tuple[int, ...], atoms: Tensor, column: str) -> None:
         atoms = atoms.reshape(-1)

@@ -8,6 +8,7 @@ same-architecture checkpoints runs at memory-copy speed.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 import os
 import weakref
 from collections.abc import Mapping
@@ -251,6 +252,10 @@ def to_graph(
 def from_graph(graph: ParamGraph, model: nn.Module) -> nn.Module:
     """A copy of ``model`` carrying the graph's weights (``model`` itself is not modified)."""
     state = graph.to_state_dict()
+    meta = getattr(model.state_dict(), "_metadata", None)
+    if meta is not None:  # per-module versions some _load_from_state_dict hooks rely on (e.g. MNASNet)
+        state = OrderedDict(state)
+        state._metadata = meta  # type: ignore[attr-defined]
     new = copy.deepcopy(model)
     missing, unexpected = new.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -64,10 +64,14 @@ def _substitute(tr: Tracer, call: Call, sub: dict[int, Tensor]) -> tuple[tuple, 
     """Arguments with tracked tensors replaced by id tensors; constants must hold real values."""
     from torch.utils._pytree import tree_map
 
+    data_only = call.name in _DATA_ONLY
+
     def f(x):  # noqa: ANN001, ANN202
         if isinstance(x, Tensor):
             if id(x) in sub:
                 return sub[id(x)]
+            if data_only or x.is_floating_point():  # constant data, not an index: holds no neuron
+                return torch.full(x.shape, -1, dtype=torch.long)
             if x.is_meta:
                 raise NeedRealValues(call.where())
         return x
@@ -75,6 +79,7 @@ def _substitute(tr: Tracer, call: Call, sub: dict[int, Tensor]) -> tuple[tuple, 
     return tree_map(f, call.args), tree_map(f, call.kwargs)
 
 
+_DATA_ONLY = {"cat", "concat", "concatenate", "stack", "hstack", "vstack"}
 _VIEW_AS_RESHAPE = {"view": "reshape", "view_as": "reshape_as"}
 
 
@@ -152,12 +157,13 @@ def derive_param(tr: Tracer, call: Call, params: list) -> None:  # noqa: ANN001
     outs = _tensors(call.out)
     if not outs:
         return
-    real = [p for p in params if isinstance(p, Param)]
+    learned = [p for p in params if not (isinstance(p, Param) and p.buffer)]
     names = tuple(sorted({n for p in params for n in (p.names if isinstance(p, Opaque) else (p.name,))}))
     if call.name in _CREATION:
         return
-    if len(real) == 1 and len(params) == 1:
-        p = real[0]
+    if len(learned) == 1 and isinstance(learned[0], Param):
+        # buffers next to a single parameter are constants here (e.g. a relative-position index)
+        p = learned[0]
         src = next(t for t in _all_tensors(call) if tr.info_of(t) is p)
         if call.name in _PASS:
             for t in outs:

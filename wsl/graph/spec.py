@@ -78,7 +78,6 @@ class NetworkSpec:
     identity_edges: tuple[tuple[int, int], ...]  # (offset, count) of fixed weight-1 edges
     notes: tuple[str, ...] = ()
     example_shapes: tuple[tuple[int, ...], ...] = ()
-    _edge_lookup: tuple[Tensor, Tensor, int] | None = field(default=None, repr=False)
 
     # ----------------------------------------------------------------- API
     @property
@@ -111,33 +110,64 @@ class NetworkSpec:
     def edge_gather(self, perm: Tensor, *, src_perm: Tensor | None = None) -> Tensor:
         """Index ``g`` with ``new_edge_attr = old_edge_attr[g]`` for the node permutation ``perm``.
 
-        ``src_perm`` (default ``perm``) relabels edge sources separately (used to build deliberately
-        inconsistent permutations in tests).
+        Works block by block (one block per tensor): a permutation keeps every neuron inside its set, so
+        each tensor's edges map onto the same tensor's edges. Dense blocks (linear / conv weights) are
+        looked up arithmetically; others through a sorted key. ``src_perm`` (default ``perm``) relabels
+        edge sources separately (used to build deliberately inconsistent permutations in tests).
         """
-        if self._edge_lookup is None:
-            key = self._edge_keys(self.edge_index[0], self.edge_index[1])
-            skey, order = torch.sort(key)
-            if skey.numel() > 1 and bool((skey[1:] == skey[:-1]).any()):
-                raise ConversionError(f"internal: duplicate edges in the parameter graph of {self.arch}")
-            object.__setattr__(self, "_edge_lookup", (skey, order, 0))
-        skey, order, _ = self._edge_lookup
         sp = perm if src_perm is None else src_perm
-        key = self._edge_keys(sp[self.edge_index[0]], perm[self.edge_index[1]])
-        pos = torch.searchsorted(skey, key).clamp(max=skey.numel() - 1)
-        if not torch.equal(skey[pos], key):
-            raise ConversionError("symmetry element does not map the graph's edges onto edges (wrong spec?)")
-        return order[pos]
+        out = torch.empty(self.num_edges, dtype=torch.long)
+        for off, cnt, info in self._block_index():
+            s = self.edge_index[0, off : off + cnt]
+            d = self.edge_index[1, off : off + cnt]
+            d0, s0, ns, ncodes, code = info["d0"], info["s0"], info["ns"], info["ncodes"], info["code"]
+            ns_, nd_ = sp[s] - s0, perm[d] - d0
+            if bool((ns_ < 0).any() | (ns_ >= ns).any() | (nd_ < 0).any() | (nd_ > info["nd"] - 1).any()):
+                raise ConversionError("symmetry element moves a neuron out of its set (element from another spec?)")
+            key = (nd_ * ns + ns_) * ncodes + (code if code is not None else 0)
+            if info["dense"]:
+                out[off : off + cnt] = off + key
+                continue
+            skey, order = info.get("sorted") or _sorted_keys(s, d, info)
+            pos = torch.searchsorted(skey, key).clamp(max=max(cnt - 1, 0))
+            if not torch.equal(skey[pos], key):
+                raise ConversionError("symmetry element does not map the graph's edges onto edges (wrong spec?)")
+            out[off : off + cnt] = off + order[pos]
+        return out
 
-    def _edge_keys(self, src: Tensor, dst: Tensor) -> Tensor:
-        """An integer identifying each edge by (dst, src, kernel position, type)."""
-        n = max(self.num_nodes, 1)
-        p = self.edge_pos.long()
-        p = p - p.amin(0) if p.numel() else p
-        span = (p.amax(0) + 1).tolist() if p.numel() else [1, 1, 1]
-        code = (p[:, 0] * span[1] + p[:, 1]) * span[2] + p[:, 2]
-        codes = span[0] * span[1] * span[2]
-        types = len(EDGE_TYPE_ID)
-        return ((dst * n + src) * codes + code) * types + self.edge_type
+    def _block_index(self) -> list[tuple[int, int, dict]]:
+        cached = self.__dict__.get("_blocks_cache")
+        if cached is not None:
+            return cached
+        ranges = sorted([(t.offset, t.numel) for t in self.tensors.values() if t.kind == "edges"]
+                        + list(self.identity_edges))
+        blocks = []
+        for off, cnt in ranges:
+            if cnt == 0:
+                continue
+            s = self.edge_index[0, off : off + cnt]
+            d = self.edge_index[1, off : off + cnt]
+            p = self.edge_pos[off : off + cnt].long()
+            info: dict = {"s0": int(s.min()), "d0": int(d.min())}
+            info["ns"] = int(s.max()) - info["s0"] + 1
+            info["nd"] = int(d.max()) - info["d0"] + 1
+            if bool((p != 0).any()):
+                p = p - p.amin(0)
+                span = (p.amax(0) + 1).tolist()
+                info["code"] = (p[:, 0] * span[1] + p[:, 1]) * span[2] + p[:, 2]
+                info["ncodes"] = span[0] * span[1] * span[2]
+            else:
+                info["code"], info["ncodes"] = None, 1
+            key = ((d - info["d0"]) * info["ns"] + (s - info["s0"])) * info["ncodes"]
+            if info["code"] is not None:
+                key = key + info["code"]
+            info["dense"] = cnt == info["ns"] * info["nd"] * info["ncodes"] and bool(
+                (key == torch.arange(cnt)).all())
+            if not info["dense"] and cnt <= 2_000_000:
+                info["sorted"] = torch.sort(key)
+            blocks.append((off, cnt, info))
+        self.__dict__["_blocks_cache"] = blocks
+        return blocks
 
     def __repr__(self) -> str:
         return (f"NetworkSpec(arch={self.arch!r}, nodes={self.num_nodes}, edges={self.num_edges}, "
@@ -179,19 +209,24 @@ def finish(
     n = b.num_nodes
     # ---- tensors
     tensors: dict[str, TensorLayout] = {}
-    offset = 0
     identity: list[tuple[int, int]] = []
-    srcs, dsts, poss, types = [], [], [], []
+    total = sum(blk.numel for blk in b.edge_blocks)
+    edge_index = torch.empty(2, total, dtype=torch.long)
+    edge_pos = torch.zeros(total, 3, dtype=torch.int16)
+    edge_type = torch.empty(total, dtype=torch.int8)
+    offset = 0
     for blk in b.edge_blocks:
-        cnt = blk.src.numel()
+        cnt = blk.numel
         if blk.name is None:
             identity.append((offset, cnt))
         else:
             tensors[blk.name] = TensorLayout(blk.name, "edges", blk.shape, state[blk.name].dtype, offset)
-        srcs.append(blk.src)
-        dsts.append(blk.dst)
-        poss.append(blk.pos.to(torch.int16))
-        types.append(torch.full((cnt,), EDGE_TYPE_ID[blk.edge_type], dtype=torch.long))
+        sl = slice(offset, offset + cnt)
+        edge_index[0, sl].view(blk.view).copy_(blk.src.expand(blk.view))
+        edge_index[1, sl].view(blk.view).copy_(blk.dst.expand(blk.view))
+        if blk.pos is not None:
+            edge_pos[sl].view(*blk.view, 3).copy_(blk.pos.expand(*blk.view, 3))
+        edge_type[sl] = EDGE_TYPE_ID[blk.edge_type]
         offset += cnt
     seen_nodes: set[tuple[int, int]] = set()
     for nb in b.node_blocks:
@@ -227,8 +262,6 @@ def finish(
         flat = flat[flat >= 0]
         io[flat] = IO_OUTPUT
         io_index[flat] = torch.arange(flat.numel())
-    edge_index = torch.stack([torch.cat(srcs), torch.cat(dsts)]) if srcs else torch.zeros(2, 0, dtype=torch.long)
-    edge_type = torch.cat(types) if types else torch.zeros(0, dtype=torch.long)
     node_layer = _layers(n, b.edge_blocks, [s.start for s in b.sets])
     # ---- symmetry
     scale_kind = torch.zeros(n, dtype=torch.int8)
@@ -256,7 +289,7 @@ def finish(
         dtype=dtype,
         edge_index=edge_index,
         edge_type=edge_type,
-        edge_pos=torch.cat(poss) if poss else torch.zeros(0, 3, dtype=torch.int16),
+        edge_pos=edge_pos,
         node_type=node_type,
         node_layer=node_layer,
         io=io,
@@ -268,13 +301,20 @@ def finish(
     )
 
 
+def _sorted_keys(s: Tensor, d: Tensor, info: dict) -> tuple[Tensor, Tensor]:
+    key = ((d - info["d0"]) * info["ns"] + (s - info["s0"])) * info["ncodes"]
+    if info["code"] is not None:
+        key = key + info["code"]
+    return torch.sort(key)
+
+
 def _sets_touched(starts: Tensor, atoms: Tensor) -> list[int]:
     lo, hi = int(atoms.min()), int(atoms.max())
     first = int(torch.searchsorted(starts, torch.tensor(lo), right=True)) - 1
     last = int(torch.searchsorted(starts, torch.tensor(hi), right=True)) - 1
     if first == last:
         return [first]
-    idx = torch.searchsorted(starts, atoms, right=True) - 1
+    idx = torch.searchsorted(starts, atoms.reshape(-1).contiguous(), right=True) - 1
     return torch.nonzero(torch.bincount(idx - first)).flatten().add(first).tolist()
 
 

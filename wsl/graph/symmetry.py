@@ -177,7 +177,10 @@ class SymmetryGroups:
                 continue
             c = cells[0]
             if c in cell_blocks and cell_blocks[c] != (g, m):
-                fixed_cells.add(c)
+                fixed_cells.add(c)  # two different block structures: keep the cell and both head sets fixed
+                fixed_cells.add(head_cells[0])
+                if c in cell_head:
+                    fixed_cells.add(cell_head[c])
                 continue
             cell_blocks[c] = (g, m)
             if c in cell_head:
@@ -208,6 +211,11 @@ class SymmetryGroups:
         for c in range(num_cells):
             root = int(cell_class[c])
             class_fixed[root] = class_fixed.get(root, False) or c in fixed_cells
+        # a fixed blocked cell keeps its blocks in place: its head permutation (shared with every cell
+        # linked to the same heads) must be the identity
+        for c, h in cell_head.items():
+            if class_fixed[int(cell_class[c])]:
+                class_fixed[int(cell_class[h])] = True
         # every member of a blocked class follows the class's (single, after the unions above) head cell
         class_head: dict[int, int] = {}
         for c, h in cell_head.items():

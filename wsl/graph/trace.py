@@ -77,6 +77,7 @@ class Call:
         self.kwargs = kwargs
         self.out = out
         self.module = tracer.module_path()
+        self.module_type = tracer.module_type()
 
     def arg(self, i: int, name: str, default: Any = None) -> Any:
         if len(self.args) > i:
@@ -87,7 +88,7 @@ class Call:
         return self.tracer.info_of(t) if isinstance(t, Tensor) else None
 
     def where(self) -> str:
-        return f"op {self.name!r} in module {self.module or '<root>'!r}"
+        return f"op {self.name!r} in module {self.module or '<root>'!r} ({self.module_type})"
 
 
 class _Mode(TorchFunctionMode):
@@ -147,13 +148,16 @@ class Tracer:
 
     # -------------------------------------------------------- module stack
     def module_path(self) -> str:
-        return self._module_stack[-1] if self._module_stack else ""
+        return self._module_stack[-1][0] if self._module_stack else ""
+
+    def module_type(self) -> str:
+        return self._module_stack[-1][1] if self._module_stack else type(self.root).__name__
 
     def _hooks(self) -> list[Any]:
         stack = self._module_stack
 
         def enter(mod: nn.Module, args: Any, name: str) -> None:
-            stack.append(name)
+            stack.append((name, type(mod).__name__))
 
         def leave(mod: nn.Module, args: Any, out: Any) -> None:
             stack.pop()
@@ -186,6 +190,8 @@ class Tracer:
         infos = [self.info_of(t) for t in flat if isinstance(t, Tensor)]
         if not any(i is not None for i in infos):
             return
+        if not any(isinstance(t, Tensor) for t in tree_flatten(out)[0]) and func_name(func) not in _INPLACE_NONE:
+            return  # metadata queries (.shape, .is_nested, size(), dim()) carry no neurons
         call = Call(self, func, args, kwargs, out)
         has_act = any(isinstance(i, Act) for i in infos)
         params = [i for i in infos if isinstance(i, (Param, Opaque)) and not (isinstance(i, Param) and i.buffer)]
@@ -216,6 +222,9 @@ class Tracer:
         else:
             handler(self, call)
 
+
+# in-place ops that return None but change their first argument
+_INPLACE_NONE = {"__setitem__", "copy_", "fill_", "zero_", "masked_fill_", "index_put_", "scatter_"}
 
 # ops whose rule also has to see buffers (running statistics) even without a learnable parameter
 _BUFFER_RULES = {"batch_norm", "instance_norm"}

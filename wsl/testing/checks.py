@@ -82,3 +82,47 @@ def inconsistent_graph(graph: ParamGraph, generator: torch.Generator | None = No
         new.edge_attr = graph.edge_attr[spec.edge_gather(perm, src_perm=torch.arange(spec.num_nodes))]
         return new
     raise ValueError("graph has no free permutation class to build an inconsistent permutation from")
+
+
+def randomize_(
+    model: nn.Module,
+    generator: torch.Generator | None = None,
+    *,
+    scale: float = 0.1,
+    calibrate: Any = None,
+) -> nn.Module:
+    """Perturb every floating parameter / statistic in place so no weight is degenerate.
+
+    Freshly built models often have all-zero heads, unit norm weights and zero running means, which makes
+    outputs blind to many permutations (a test would pass for the wrong reason). This adds noise
+    proportional to each tensor's spread and draws BatchNorm statistics at random. With ``calibrate``
+    (example inputs, batch > 1) the BatchNorm statistics are then re-estimated on those inputs, so signals
+    neither vanish nor explode through deep networks and the outputs really depend on every layer.
+    """
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if not t.is_floating_point():
+                continue
+            noise = torch.randn(t.shape, generator=generator, dtype=torch.float32).to(t.dtype)
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=generator).to(t.dtype))
+                continue
+            spread = float(t.float().std()) if t.numel() > 1 else 0.0
+            spread = spread if spread > 0 else 0.05
+            t.add_(noise * scale * spread)
+    if calibrate is not None:
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = {m: m.momentum for m in norms}
+        modes = {m: m.training for m in model.modules()}
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration pass
+            m.train()
+        try:
+            _outputs(model, calibrate)
+        finally:
+            for m, mom in saved.items():
+                m.momentum = mom
+            for m, t in modes.items():
+                m.training = t
+    return model

@@ -103,15 +103,15 @@ def place_edges(
     ``src`` / ``dst`` / ``pos`` are broadcastable to ``arg_shape`` (``pos`` with a trailing dim of 3).
     """
     numel = int(torch.Size(arg_shape).numel())
-    src = src.expand(arg_shape).reshape(-1)
-    dst = dst.expand(arg_shape).reshape(-1)
+    if p.direct and numel == p.numel:
+        tr.builder.add_edges(p.name, tr.shapes[p.name], src, dst, edge_type, pos, axes, view=tuple(arg_shape))
+        return
+    idx = _first_occurrence(p, arg_shape, call)
+    src = src.expand(arg_shape).reshape(-1)[idx]
+    dst = dst.expand(arg_shape).reshape(-1)[idx]
     if pos is not None:
-        pos = pos.to(torch.int16).expand(*arg_shape, 3).reshape(-1, 3)
-    if not (p.direct and numel == p.numel):
-        idx = _first_occurrence(p, arg_shape, call)
-        src, dst = src[idx], dst[idx]
-        pos = pos[idx] if pos is not None else None
-    tr.builder.add_edges(p.name, tr.shapes[p.name], src, dst, edge_type, pos, axes)
+        pos = pos.to(torch.int16).expand(*arg_shape, 3).reshape(-1, 3)[idx]
+    tr.builder.add_edges(p.name, tr.shapes[p.name], src, dst, edge_type, pos, axes, view=(p.numel,))
 
 
 def place_nodes(tr: Tracer, call: Call, p: Param | None, arg_shape: torch.Size, atoms: Tensor, column: str) -> None:

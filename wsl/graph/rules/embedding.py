@@ -106,7 +106,8 @@ def _shift_or_scale(tr: Tracer, call: Call, ids: Tensor, elem: Tensor, pp: Param
     if kind == "scale":
         if k != 1:
             raise ConversionError(f"parameter {pp.name!r} in {call.where()} scales neurons position-dependently")
-        tr.builder.add_edges(pp.name, pshape, atom_of_elem, s_of_elem, "scale", axes="dst,dst")
+        tr.builder.add_edges(pp.name, pshape, atom_of_elem, s_of_elem, "scale", axes="dst,dst",
+                             view=(pp.numel,))
     else:
         tr.builder.add_edges(None, (uniq.numel(),), uniq, s, "identity")
         if k == 1:
@@ -117,70 +118,46 @@ def _shift_or_scale(tr: Tracer, call: Call, ids: Tensor, elem: Tensor, pp: Param
             rank = torch.empty_like(order)
             rank[order] = torch.arange(order.numel()) % k
             tr.builder.add_edges(pp.name, pshape, positions[rank], s_of_elem, "position",
-                                 axes="src,dst")
+                                 axes="src,dst", view=(pp.numel,))
     tr.set_act(out, s[inv].reshape(grid_shape))
 
 
 @param_rule("cat", "concat", "concatenate")
 def cat_param(tr: Tracer, call: Call) -> None:
-    """``torch.cat([token_param.expand(...), x], dim)`` along a non-neuron dimension."""
+    """``torch.cat([cls_token.expand(...), dist_token.expand(...), x], dim)`` along a non-neuron dimension."""
     parts = list(call.arg(0, "tensors"))
-    dim = call.arg(1, "dim", 0)
     out = call.out
-    nd = out.ndim
-    dim = dim % nd
+    dim = call.arg(1, "dim", 0) % out.ndim
     acts = [(t, tr.info_of(t)) for t in parts if isinstance(tr.info_of(t), Act)]
     params = [(t, tr.info_of(t)) for t in parts if isinstance(tr.info_of(t), Param)]
-    if len(params) != 1 or len(acts) != 1:
-        raise ConversionError(f"{call.where()} concatenates parameters in a way wsl does not support")
-    (x, ax), (p, pp) = acts[0], params[0]
-    if dim in labelled_dims(ax.ids):
-        raise ConversionError(f"{call.where()} concatenates parameter {pp.name!r} along a neuron dimension")
+    if len(acts) != 1 or not params or len(acts) + len(params) != len(parts):
+        raise ConversionError(f"{call.where()} concatenates parameters in a way wsl does not support "
+                              "(supported: learned tokens concatenated to one activation)")
+    x, ax = acts[0]
+    lab = labelled_dims(ax.ids)
+    if dim in lab or not lab:
+        raise ConversionError(f"{call.where()} concatenates parameters along a neuron dimension")
     consume(tr, x, affine=False)
-    # ids / elements laid out over the concatenated output
-    ids_parts, elem_parts = [], []
-    for t in parts:
-        if t is p:
-            ids_parts.append(torch.full(t.shape, -1, dtype=torch.long))
-            elem_parts.append(pp.elem.expand(t.shape))
-        else:
-            ids_parts.append(ax.ids.expand(t.shape))
-            elem_parts.append(torch.full(t.shape, -1, dtype=torch.long))
-    ids = torch.cat(ids_parts, dim)
-    elem = torch.cat(elem_parts, dim)
-    # the token rows carry the same neurons as x along the neuron dims
-    seqdims = [d for d in labelled_dims(ax.ids)]
-    x_lab = ax.ids.expand(x.shape).narrow(dim, 0, 1)
-    ids = x_lab.expand(out.shape)
-    mask = elem >= 0
-    if not seqdims:
-        raise ConversionError(f"{call.where()}: cannot tell which neurons parameter {pp.name!r} feeds")
-    _token_shift(tr, call, ids, elem, mask, pp, out)
-
-
-def _token_shift(tr: Tracer, call: Call, ids: Tensor, elem: Tensor, mask: Tensor, pp: Param, out: Tensor) -> None:
-    lab = labelled_dims(compress(ids))
-    nd = out.ndim
-    grid_shape = [out.shape[d] if d in lab else 1 for d in range(nd)]
-    x_grid = compress(ids).expand(grid_shape)
-    uniq, inv = torch.unique(x_grid.reshape(-1), return_inverse=True)
+    # token rows carry the same neurons as x along x's neuron dims
+    row = ax.ids.expand(x.shape).narrow(dim, 0, 1)
+    grid_shape = [out.shape[d] if d in lab else 1 for d in range(out.ndim)]
+    uniq, inv = torch.unique(compress(row).expand(grid_shape).reshape(-1), return_inverse=True)
     s = tr.builder.new_set(uniq.numel(), "merge", call.module or call.name, call.name)
     tr.builder.tie(uniq, s)
     tr.builder.add_edges(None, (uniq.numel(),), uniq, s, "identity")
-    e = elem[mask]
-    a = ids.expand(out.shape)[mask]
-    pe, pa = unique_pairs(e, a + 1)
-    pairs = torch.stack([pe, pa - 1], 1)
-    if pairs.shape[0] != pp.numel:
-        raise ConversionError(f"parameter {pp.name!r} in {call.where()} is shared across neurons")
-    atom_of_elem = pairs[:, 1]
-    s_of_elem = s[torch.searchsorted(uniq, atom_of_elem.contiguous())]
-    counts = torch.bincount(torch.searchsorted(uniq, atom_of_elem.contiguous()), minlength=uniq.numel())
-    k = int(counts[0])
-    positions = tr.builder.new_set(k, "position", f"{call.module or 'root'}:{pp.name}", call.name, fixed=True)
-    order = torch.argsort(atom_of_elem, stable=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel()) % k
-    tr.builder.add_edges(pp.name, tr.shapes[pp.name], positions[rank], s_of_elem, "position",
-                         axes="src,dst")
+    for p, pp in params:
+        a = row.expand(p.shape).reshape(-1)
+        e = pp.elem.expand(p.shape).reshape(-1)
+        pe, pa = unique_pairs(e, a + 1)
+        if pe.numel() != pp.numel or not torch.equal(pe, torch.arange(pp.numel)):
+            raise ConversionError(f"parameter {pp.name!r} in {call.where()} is shared across neurons")
+        atom_of_elem = pa - 1
+        where = torch.searchsorted(uniq, atom_of_elem.contiguous())
+        k = pp.numel // uniq.numel()
+        positions = tr.builder.new_set(k, "position", f"{call.module or 'root'}:{pp.name}", call.name, fixed=True)
+        order = torch.argsort(atom_of_elem, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel()) % k
+        tr.builder.add_edges(pp.name, tr.shapes[pp.name], positions[rank], s[where], "position", axes="src,dst",
+                             view=(pp.numel,))
     tr.set_act(out, s[inv].reshape(grid_shape))
