@@ -256,11 +256,12 @@ def from_graph(graph: ParamGraph, model: nn.Module) -> nn.Module:
     if meta is not None:  # per-module versions some _load_from_state_dict hooks rely on (e.g. MNASNet)
         state = OrderedDict(state)
         state._metadata = meta  # type: ignore[attr-defined]
+    from ..io import CheckpointError, check_state_dict
+
+    try:
+        check_state_dict(state, model, source=f"graph of {graph.spec.arch}")
+    except CheckpointError as e:
+        raise ConversionError(f"graph of {graph.spec.arch} does not fit {type(model).__name__}: {e}") from None
     new = copy.deepcopy(model)
-    missing, unexpected = new.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConversionError(
-            f"graph of {graph.spec.arch} does not fit {type(model).__name__}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+    new.load_state_dict(state, strict=True)
     return new

@@ -218,6 +218,10 @@ def _is_scalar_arith(tr: Tracer, call: Call) -> bool:
 @op_handler(*_STRUCTURAL)
 def structural(tr: Tracer, call: Call) -> None:
     acts = _acts(tr, call)
+    if call.name in ("pad", "constant_pad_nd") and _pads_only_unlabelled(call, acts):
+        x, a = acts[0]
+        tr.set_act(call.out, a.ids, a.chain if a.chain is None or a.chain[1] == "post" else None)
+        return
     sub = {id(t): _full(a.ids, t) for t, a in acts}
     try:
         res = _replay(tr, call, sub)
@@ -242,6 +246,20 @@ def structural(tr: Tracer, call: Call) -> None:
         if got.numel() < in_atoms.numel():
             tr.builder.keep_together(got)
         tr.set_act(t, ids, chain)
+
+
+def _pads_only_unlabelled(call: Call, acts: list) -> bool:
+    """Zero padding of spatial / sequence dims only: padded zeros are inert for every neuron."""
+    if len(acts) != 1 or call.out is None:
+        return False
+    x, a = acts[0]
+    pad = call.arg(1, "pad")
+    mode = call.arg(2, "mode", "constant")
+    value = call.arg(3, "value", None)
+    if mode not in (None, "constant") or (value not in (None, 0, 0.0)):
+        return False
+    padded = [x.ndim - 1 - i // 2 for i in range(len(pad)) if pad[i] != 0]
+    return all(a.ids.shape[d] == 1 for d in padded)
 
 
 @op_handler(*_PASS)
@@ -597,3 +615,56 @@ def sdpa(tr: Tracer, call: Call) -> None:
 
 def check_supported(name: str) -> None:
     raise ConversionError(name)
+
+
+@op_handler("einsum")
+def einsum(tr: Tracer, call: Call) -> None:
+    """Two-operand ``einsum`` without ellipsis, rewritten as a batched ``matmul`` on the id tensors."""
+    eq = call.args[0]
+    ops_ = list(call.args[1]) if len(call.args) == 2 and isinstance(call.args[1], (list, tuple)) else list(call.args[1:])
+    if not isinstance(eq, str) or len(ops_) != 2 or "..." in eq or "->" not in eq:
+        unknown_op(tr, call)
+        return
+    lhs, out_sub = eq.replace(" ", "").split("->")
+    sa, sb = lhs.split(",")
+    a, b = ops_
+    ia, ib = tr.info_of(a), tr.info_of(b)
+    if not (isinstance(ia, Act) and isinstance(ib, Act)) or len(set(sa)) != len(sa) or len(set(sb)) != len(sb):
+        unknown_op(tr, call)
+        return
+    batch = [c for c in out_sub if c in sa and c in sb]
+    fa = [c for c in out_sub if c in sa and c not in sb]
+    fb = [c for c in out_sub if c in sb and c not in sa]
+    con = [c for c in sa if c in sb and c not in out_sub]
+    if len(fa) > 1 or len(fb) > 1 or len(con) > 1 or set(sa) != set(batch + fa + con) or set(sb) != set(batch + fb + con):
+        unknown_op(tr, call)
+        return
+    _break_chains(tr, _acts(tr, call))
+    size = {c: a.shape[i] for i, c in enumerate(sa)} | {c: b.shape[i] for i, c in enumerate(sb)}
+
+    def arrange(x: Tensor, ids: Tensor, sub: str, order: list[str]) -> tuple[Tensor, tuple[int, ...]]:
+        ids = ids.expand(x.shape).permute([sub.index(c) for c in order]) if order else ids
+        shape = tuple(size[c] for c in order)
+        return compress(ids.reshape(shape)), shape
+
+    # A: [batch, n, k], B: [batch, k, m]; absent free / contracted dims become size-1 dims
+    A, a_shape = arrange(a, ia.ids, sa, batch + fa + con)
+    B, b_shape = arrange(b, ib.ids, sb, batch + con + fb)
+    nb = len(batch)
+    if not fa:
+        A, a_shape = A.unsqueeze(nb), a_shape[:nb] + (1,) + a_shape[nb:]
+    if not con:
+        A, a_shape = A.unsqueeze(-1), a_shape + (1,)
+        B, b_shape = B.unsqueeze(nb), b_shape[:nb] + (1,) + b_shape[nb:]
+    if not fb:
+        B, b_shape = B.unsqueeze(-1), b_shape + (1,)
+    ids = contract(tr, A, a_shape, B, b_shape)
+    if ids is None:
+        unknown_op(tr, call)
+        return
+    ids = ids.reshape((1,) * (nb + 2 - ids.ndim) + tuple(ids.shape))
+    # drop the size-1 stand-ins, then order as the output subscripts
+    keep = list(range(nb)) + ([nb] if fa else []) + ([nb + 1] if fb else [])
+    ids = ids.reshape([ids.shape[d] for d in keep]) if ids.numel() else ids
+    cur = batch + fa + fb
+    tr.set_act(call.out, ids.permute([cur.index(c) for c in out_sub]))

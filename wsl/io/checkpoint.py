@@ -338,7 +338,7 @@ def _read_torch(path: Path, allow_pickle: bool, map_location: MapLocation) -> An
             "is readable."
         ) from exc
     except Exception as exc:
-        if not _needs_code_execution(exc):
+        if not (_needs_code_execution(exc) or _is_wellformed_pickle(path)):
             raise CheckpointError(_device_or_corrupt_message(path, exc)) from exc
         if not allow_pickle:
             found = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
@@ -367,6 +367,29 @@ def _read_torch(path: Path, allow_pickle: bool, map_location: MapLocation) -> An
                 "re-save the checkpoint as a plain state_dict."
             ) from exc
         raise CheckpointError(_device_or_corrupt_message(path, exc)) from exc
+
+
+def _is_wellformed_pickle(path: Path) -> bool:
+    """Whether the pickle inside a ``torch.save`` zip parses (without running anything).
+
+    The weights-only unpickler rejects some valid pickles outright ("Unsupported operand" for protocol-5
+    opcodes, for example); those need the full unpickler, which is a code-execution decision, not a
+    corrupt file.
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("data.pkl")]
+            if len(names) != 1:
+                return False
+            data = zf.read(names[0])
+        for _ in pickletools.genops(data):
+            pass
+        return True
+    except Exception:  # noqa: BLE001  anything unreadable is simply not a well-formed pickle
+        return False
 
 
 def _needs_code_execution(exc: BaseException) -> bool:

@@ -1,0 +1,89 @@
+"""The ``wsl`` command line: convert, inspect (table and plot), demo, and its error handling."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import wsl
+from wsl.cli import main
+from wsl.graph.serialize import load_graph
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+
+ARCH = "module:tests.test_cli:tiny"
+
+
+def test_convert_then_inspect(tmp_path, capsys) -> None:
+    ckpt = tmp_path / "m.safetensors"
+    save_file(tiny().state_dict(), str(ckpt))
+    out = tmp_path / "g.pt"
+    assert main(["convert", str(ckpt), "--arch", ARCH, "--input-shape", "1,3,8,8", "-o", str(out)]) == 0
+    graph = load_graph(out)
+    ref = tiny().state_dict()
+    assert all(torch.equal(graph.to_state_dict()[k], v) for k, v in ref.items())
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    n_params = sum(v.numel() for v in ref.values())
+    assert f"parameters            {n_params:,}" in text
+    assert f"nodes                 {graph.num_nodes:,}" in text
+    assert "S_4" in text  # the hidden channels form one free permutation class
+    assert "positive scale" in text  # conv -> ReLU -> (avg pool) -> linear
+
+
+def test_inspect_checkpoint_with_arch_and_plot(tmp_path, capsys) -> None:
+    ckpt = tmp_path / "m.pt"
+    torch.save(tiny().state_dict(), ckpt)
+    png = tmp_path / "g.png"
+    assert main(["inspect", str(ckpt), "--arch", ARCH, "--input-shape", "1,3,8,8", "--plot", str(png)]) == 0
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+def test_inspect_checkpoint_without_arch_says_what_to_do(tmp_path, capsys) -> None:
+    ckpt = tmp_path / "m.pt"
+    torch.save(tiny().state_dict(), ckpt)
+    try:
+        main(["inspect", str(ckpt)])
+    except SystemExit as e:
+        assert "--arch" in str(e)
+    else:  # pragma: no cover
+        raise AssertionError("expected an error asking for --arch")
+
+
+def test_plot_refuses_big_graphs(tmp_path) -> None:
+    from wsl.graph.plot import plot_graph
+
+    big = nn.Sequential(nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 200))
+    graph = wsl.to_graph(big, example_inputs=torch.randn(2, 200))
+    try:
+        plot_graph(graph, tmp_path / "x.png")
+    except ValueError as e:
+        assert "smaller" in str(e)
+    else:  # pragma: no cover
+        raise AssertionError("expected a size error")
+
+
+def test_convert_errors_exit_2(tmp_path, capsys) -> None:
+    ckpt = tmp_path / "m.safetensors"
+    sd = tiny().state_dict()
+    sd["4.weight"] = torch.zeros(3, 4)
+    save_file(sd, str(ckpt))
+    assert main(["convert", str(ckpt), "--arch", ARCH, "-o", str(tmp_path / "g.pt")]) == 2
+    assert "4.weight" in capsys.readouterr().err
+    assert main(["convert", str(ckpt), "--arch", "torchvision:no_such_model", "-o", str(tmp_path / "g.pt")]) == 2
+
+
+def test_demo_runs(tmp_path, capsys) -> None:
+    out = tmp_path / "demo.safetensors"
+    png = tmp_path / "demo.png"
+    assert main(["demo", "--arch", "torchvision:resnet18", "--size", "32", "-o", str(out), "--plot", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "round trip bit-exact: True" in text
+    assert out.exists() and png.exists()
