@@ -6,7 +6,8 @@ Public API::
     model2 = wsl.from_graph(graph, model)        # exact inverse (a copy of `model` with the graph's weights)
     g = graph.spec.sample_symmetry(torch.Generator().manual_seed(0))
     graph2 = graph.apply_symmetry(g)             # same function, permuted / rescaled weights
-    sd = wsl.load_checkpoint("model.safetensors")
+    sd = wsl.load_checkpoint("model.safetensors")  # safe: safetensors / weights_only pickles / HF dirs
+    wsl.save_graph(graph, "graph.safetensors"); wsl.load_graph("graph.safetensors")
 """
 
 from .graph import (
@@ -15,6 +16,8 @@ from .graph import (
     ParamGraph,
     SymmetryElement,
     from_graph,
+    load_graph,
+    save_graph,
     to_graph,
     trace,
 )
@@ -31,6 +34,8 @@ __all__ = [
     "check_state_dict",
     "from_graph",
     "load_checkpoint",
+    "load_graph",
+    "save_graph",
     "to_graph",
     "trace",
 ]

@@ -3,6 +3,7 @@
 from .builder import EDGE_TYPES, NODE_FEATURES, NODE_TYPES, ConversionError
 from .convert import from_graph, graph_from_state, to_graph, trace
 from .paramgraph import ParamGraph
+from .serialize import GraphFileError, load_graph, save_graph
 from .spec import NetworkSpec
 from .symmetry import SymmetryElement
 
@@ -11,11 +12,14 @@ __all__ = [
     "NODE_FEATURES",
     "NODE_TYPES",
     "ConversionError",
+    "GraphFileError",
     "NetworkSpec",
     "ParamGraph",
     "SymmetryElement",
     "from_graph",
     "graph_from_state",
+    "load_graph",
+    "save_graph",
     "to_graph",
     "trace",
 ]

@@ -35,9 +35,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import warnings
+
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
+
+with warnings.catch_warnings():  # torch_geometric's import-time torch.jit deprecation notices
+    warnings.simplefilter("ignore", FutureWarning)
+    from torch_geometric.data import Data
 
 from .builder import NODE_COL
 from .symmetry import SymmetryElement

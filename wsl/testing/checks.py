@@ -123,6 +123,8 @@ def randomize_(
         finally:
             for m, mom in saved.items():
                 m.momentum = mom
+                if m.running_var is not None:  # few calibration values: keep gains bounded
+                    m.running_var.clamp_(min=float(m.running_var.mean()) * 0.05 + 1e-6)
             for m, t in modes.items():
                 m.training = t
     return model

@@ -35,16 +35,22 @@ def _conv(tr: Tracer, call: Call, nd: int, transposed: bool) -> None:
     pos = kernel_positions(kernel).reshape(1, 1, *kernel, 3)
     ks = (1,) * nd
     if transposed:  # W[in, out/groups, *k]
-        i = torch.arange(c_in)
-        o = (i // (c_in // groups))[:, None] * per_group_out + torch.arange(per_group_out)[None, :]
         src = seq.reshape(-1, 1, *ks)
-        dst = out[o].reshape(c_in, per_group_out, *ks)
+        if groups == 1:
+            dst = out.reshape(1, -1, *ks)
+        else:
+            i = torch.arange(c_in)
+            o = (i // (c_in // groups))[:, None] * per_group_out + torch.arange(per_group_out)[None, :]
+            dst = out[o].reshape(c_in, per_group_out, *ks)
         etype, axes = "conv_transpose", "src,dst"
     else:  # W[out, in/groups, *k]
-        o = torch.arange(n_out)
-        i = (o // (n_out // groups))[:, None] * per_group_in + torch.arange(per_group_in)[None, :]
-        src = seq[i].reshape(n_out, per_group_in, *ks)
         dst = out.reshape(-1, 1, *ks)
+        if groups == 1:
+            src = seq.reshape(1, -1, *ks)
+        else:
+            o = torch.arange(n_out)
+            i = (o // (n_out // groups))[:, None] * per_group_in + torch.arange(per_group_in)[None, :]
+            src = seq[i].reshape(n_out, per_group_in, *ks)
         etype, axes = "conv", "dst,src"
     place_edges(tr, call, pw, w.shape, src, dst, etype, pos, axes)
     if b is not None:
