@@ -70,7 +70,7 @@ def main() -> None:
         print(f"{name:10s} {n / 1e6:7.1f}M {clone:7.3f}s {first:7.3f}s {conv:7.3f}s {back:7.3f}s "
               f"{n / conv / 1e6:7.1f} {conv / clone:7.2f}x {per_graph / n:5.1f} (+{shared / n:.0f} shared)",
               flush=True)
-        del graph, spec, model, sd
+        graph = spec = None  # release before the next model
         gc.collect()
 
 

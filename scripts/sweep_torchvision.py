@@ -33,7 +33,7 @@ def main() -> None:
     names = args.names or torchvision.models.list_models(module=torchvision.models)
     for name in names:
         torch.manual_seed(0)
-        t0 = time.perf_counter()
+
         try:
             m = torchvision.models.get_model(name, weights=None).eval()
             n_params = sum(p.numel() for p in m.parameters()) / 1e6

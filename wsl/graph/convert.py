@@ -21,7 +21,6 @@ from torch.utils._pytree import tree_flatten, tree_map
 from . import rules  # noqa: F401  (registers the per-family rules)
 from .builder import NODE_FEATURES, ConversionError
 from .labels import Act
-from .ops import NeedRealValues
 from .paramgraph import ParamGraph
 from .spec import NetworkSpec, finish
 from .trace import Tracer, default_inputs
@@ -65,7 +64,7 @@ def trace(module: nn.Module, example_inputs: Any = None, *, cache: bool = True) 
             spec = _trace(module, state, args, kwargs, meta=True)
         except ConversionError:
             raise
-        except Exception:  # noqa: BLE001  meta tracing failed (data-dependent code): run on real values
+        except Exception:  # noqa: BLE001  meta tensors failed (values needed, data-dependent code): real run
             spec = _trace(module, state, args, kwargs, meta=False)
     finally:
         for m, t in modes.items():
@@ -110,12 +109,7 @@ def _trace(module: nn.Module, state: dict[str, Tensor], args: tuple, kwargs: dic
     tracer = Tracer(module, names, {canonical.get(id(state[k]), k) for k in buffer_keys}, {k: v.shape for k, v in state.items()})
     tracer.builder.buffers_of_state = set(buffer_keys)
     with torch.no_grad():
-        try:
-            out = tracer.run(params, args_t, kwargs_t)
-        except NeedRealValues:
-            if meta:
-                raise
-            raise
+        out = tracer.run(params, args_t, kwargs_t)  # NeedRealValues in meta mode: trace() retries on real values
     outs = []
     for t in _flatten_outputs(out):
         info = tracer.info_of(t)

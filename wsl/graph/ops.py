@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .builder import ConversionError
 from .labels import Act, Opaque, Param, compress, labelled_dims, unlabelled
 from .trace import Call, Tracer, op_handler
 
@@ -170,10 +169,7 @@ def derive_param(tr: Tracer, call: Call, params: list) -> None:  # noqa: ANN001
                 tr.set_info(t, Param(p.name, p.elem, p.numel, p.buffer, p.direct, p.transformed))
             return
         if call.name in _STRUCTURAL:
-            try:
-                res = _replay(tr, call, {id(src): p.elem.expand(src.shape)})
-            except (NeedRealValues, _Unsupported):
-                raise
+            res = _replay(tr, call, {id(src): p.elem.expand(src.shape)})
             for t, e in zip(outs, _tensors(res)):
                 tr.set_info(t, Param(p.name, e, p.numel, p.buffer, direct=False, transformed=p.transformed))
             return
@@ -530,7 +526,6 @@ def contract(tr: Tracer, a_ids: Tensor, a_shape, b_ids: Tensor, b_shape) -> Tens
         tr.builder.tie(kA.expand(shape), kB.expand(shape))
     elif k_a or k_b:
         tr.builder.fix(A if k_a else B)
-    bdims = list(range(nd - 2))
 
     def side(X: Tensor, k_dim: int, keep_dim: int, k_lab: bool) -> Tensor:
         lab = labelled_dims(X)
@@ -611,10 +606,6 @@ def sdpa(tr: Tracer, call: Call) -> None:
         unknown_op(tr, call)
         return
     tr.set_act(call.out, out.reshape((1,) * (call.out.ndim - out.ndim) + tuple(out.shape)))
-
-
-def check_supported(name: str) -> None:
-    raise ConversionError(name)
 
 
 @op_handler("einsum")

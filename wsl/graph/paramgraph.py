@@ -37,7 +37,6 @@ from typing import Any
 
 import warnings
 
-import torch
 from torch import Tensor
 
 with warnings.catch_warnings():  # torch_geometric's import-time torch.jit deprecation notices

@@ -20,12 +20,12 @@ from torch import Tensor
 from ..builder import ConversionError, unique_pairs
 from ..labels import Act, Param, compress, labelled_dims
 from ..trace import Call, Tracer, param_rule
-from .common import consume, input_atoms, output, place_edges, weight_info
+from .common import consume, output, place_edges, weight_info
 
 
 @param_rule("embedding")
 def embedding(tr: Tracer, call: Call) -> None:
-    idx, w = call.arg(0, "input"), call.arg(1, "weight")
+    w = call.arg(1, "weight")  # the indices (arg 0) select rows at run time; the table is the structure
     pw = weight_info(tr, call, w, "weight")
     vocab = tr.builder.new_set(w.shape[0], "embedding_in", f"{call.module or 'root'}:vocab", call.name,
                                fixed=True)
