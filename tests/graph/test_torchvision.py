@@ -44,4 +44,6 @@ def test_torchvision_model(name: str) -> None:
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None)
     s = _size(name)
-    check_zoo_model(model, torch.randn(1, 3, s, s), calibrate=torch.randn(2, 3, s, s))
+    # BatchNorm statistics from 8 images (4 at full resolution): fewer leave some gains huge and make deep
+    # networks numerically chaotic (efficientnet_v2_l then amplifies 1e-12 weight noise to 1e-5 relative)
+    check_zoo_model(model, torch.randn(1, 3, s, s), calibrate=torch.randn(8 if s <= 64 else 4, 3, s, s))
