@@ -57,7 +57,7 @@ def main() -> None:
     for name in args.models:
         model, x = build(name)
         sd = model.state_dict()
-        n = sum(v.numel() for v in sd.values())
+        n = sum(p.numel() for p in {v.data_ptr(): v for v in sd.values()}.values())  # tied tensors once
         clone = timeit(lambda: {k: v.clone() for k, v in sd.items()}, args.repeat)
         t0 = time.perf_counter()
         graph = wsl.to_graph(model, example_inputs=x)

@@ -129,7 +129,7 @@ class GraphBuilder:
         self.node_blocks: list[NodeBlock] = []
         self.placed: dict[str, str] = {}  # state-dict key -> "edges" | "nodes"
         # tensors whose second usage must be consistent with the first: name -> per-element (src, dst) atoms
-        self.tensor_atoms: dict[str, tuple[Tensor, Tensor]] = {}
+        self.tensor_atoms: dict[str, tuple[Tensor, Tensor, tuple[int, ...]]] = {}
         # symmetry constraints, all in global atom ids
         self.fixed: list[Tensor] = []
         self.refine: list[Tensor] = []  # atom sets that each must be mapped onto themselves
@@ -185,7 +185,7 @@ class GraphBuilder:
         if name is not None:
             ends = {"src": src, "dst": dst}
             a0, a1 = (ends[k] for k in axes.split(","))
-            if self._already_placed(name, a0.expand(view).reshape(-1), a1.expand(view).reshape(-1)):
+            if self._already_placed(name, a0, a1, view):
                 return
             self.placed[name] = "edges"
         self.edge_blocks.append(EdgeBlock(name, tuple(shape), view, src.long(), dst.long(),
@@ -193,22 +193,30 @@ class GraphBuilder:
 
     def add_nodes(self, name: str, shape: tuple[int, ...], atoms: Tensor, column: str) -> None:
         atoms = atoms.reshape(-1)
-        if self._already_placed(name, atoms, atoms):
+        if self._already_placed(name, atoms, atoms, (atoms.numel(),)):
             return
         self.placed[name] = "nodes"
         self.node_blocks.append(NodeBlock(name, tuple(shape), atoms.long(), column))
 
-    def _already_placed(self, name: str, a0: Tensor, a1: Tensor) -> bool:
-        """A tensor used twice (tied weights): tie the atoms of both usages instead of storing it twice."""
+    def _already_placed(self, name: str, a0: Tensor, a1: Tensor, view: tuple[int, ...]) -> bool:
+        """A tensor used twice (tied weights): tie the atoms of both usages instead of storing it twice.
+
+        ``a0`` / ``a1`` (the neurons the tensor's first / second axis refer to, per element) broadcast to
+        ``view``; they are only expanded as far as needed to pair them up.
+        """
         if name in self.tensor_atoms:
-            s0, d0 = self.tensor_atoms[name]
-            if s0.numel() != a0.numel():
+            b0, b1, view0 = self.tensor_atoms[name]
+            if int(torch.Size(view0).numel()) != int(torch.Size(view).numel()):
                 raise ConversionError(f"tensor {name!r} is used twice with different layouts; cannot convert")
-            self.tie(s0, a0)
-            self.tie(d0, a1)
+            for x, y in ((b0, a0), (b1, a1)):
+                if tuple(view0) == tuple(view) and x.ndim == y.ndim == len(view):
+                    shape = [max(p, q) for p, q in zip(x.shape, y.shape)]
+                    self.tie(x.expand(shape), y.expand(shape))
+                else:
+                    self.tie(x.expand(view0).reshape(-1), y.expand(view).reshape(-1))
             self.notes.append(f"{name} is shared by several ops; stored once, its usages tied")
             return True
-        self.tensor_atoms[name] = (a0, a1)
+        self.tensor_atoms[name] = (a0, a1, tuple(view))
         return False
 
     # ----------------------------------------------------------- constraints
