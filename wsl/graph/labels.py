@@ -62,7 +62,7 @@ def compress(ids: Tensor) -> Tensor:
             first = ids.narrow(d, 0, 1)
             if bool((ids == first).all()):
                 ids = first
-    return ids.contiguous() if ids.numel() < 1_000_000 else ids
+    return ids
 
 
 def labelled_dims(ids: Tensor) -> list[int]:

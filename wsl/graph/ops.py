@@ -87,14 +87,11 @@ def _replay(tr: Tracer, call: Call, sub: dict[int, Tensor]):  # noqa: ANN202
     func = call.func
     if call.name in _VIEW_AS_RESHAPE:
         func = getattr(torch.Tensor, _VIEW_AS_RESHAPE[call.name])
-    if call.name == "pad" or call.name == "constant_pad_nd":
-        kwargs = dict(kwargs)
-        kwargs["value"] = -1
-        if call.name == "pad" and len(args) > 3:
-            args = args[:3]
-        if len(args) > 2 and call.name == "pad":
-            if args[2] not in (None, "constant"):
-                raise _Unsupported
+    if call.name in ("pad", "constant_pad_nd"):
+        mode = call.arg(2, "mode", "constant") if call.name == "pad" else "constant"
+        if mode not in (None, "constant"):
+            raise _Unsupported  # reflect / replicate padding copies neurons: handled conservatively
+        return torch.nn.functional.pad(args[0], args[1], value=-1)  # padded positions hold no neuron
     return func(*args, **kwargs)
 
 

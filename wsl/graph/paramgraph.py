@@ -17,8 +17,8 @@ Conventions
   ``x``           [N, 3]      ``bias``, ``running_mean``, ``running_var`` (0 where absent)
   ``edge_attr``   [E, 1]      the weight value
   ``edge_index``  [2, E]      (source, target) node ids
-  ``edge_type``   [E]         index into ``wsl.graph.EDGE_TYPES`` (linear, conv, norm, identity, ...)
-  ``edge_pos``    [E, 3]      kernel offset from the centre (conv), spatial index (dense after flatten)
+  ``edge_type``   [E] int8    index into ``wsl.graph.EDGE_TYPES`` (``.long()`` it for an embedding)
+  ``edge_pos``    [E, 3] i16  kernel offset from the centre (conv), spatial index (dense after flatten)
   ``node_type``   [N]         index into ``wsl.graph.NODE_TYPES`` (input, hidden, norm, merge, ...)
   ``node_layer``  [N]         depth of the neuron's set in the network (0 for inputs)
   ``io``          [N]         0 hidden, 1 input, 2 output neuron (inputs / outputs are never permuted)
