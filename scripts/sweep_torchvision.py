@@ -41,7 +41,7 @@ def main() -> None:
                 print(f"{name:28s} SKIP {n_params:.0f}M parameters > --max-params", flush=True)
                 continue
             s = size_for(name, args.size)
-            randomize_(m, torch.Generator().manual_seed(0), calibrate=torch.randn(2, 3, s, s))
+            randomize_(m, torch.Generator().manual_seed(0), calibrate=torch.randn(8 if s <= 64 else 4, 3, s, s))
             s = size_for(name, args.size)
             x = torch.randn(1, 3, s, s)
             t1 = time.perf_counter()
