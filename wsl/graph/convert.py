@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from . import ops, rules  # noqa: F401  (importing them registers the op handlers and per-family rules)
+from . import contract, ops, rules  # noqa: F401  (importing them registers op handlers and per-family rules)
 from .builder import NODE_FEATURES, ConversionError
 from .labels import Act
 from .paramgraph import ParamGraph

@@ -148,7 +148,7 @@ def output(tr: Tracer, call: Call, out: Tensor, atoms: Tensor, dim: int, chain_s
 
 def group_heads(tr: Tracer, atoms: Tensor, groups: int) -> Tensor:
     """Declare that ``atoms`` split into ``groups`` consecutive blocks permuted as blocks; head ids."""
-    from ..ops import blockify
+    from ..contract import blockify
 
     grid = atoms.reshape(groups, -1)
     return blockify(tr, grid, [0], [1]).reshape(-1)
