@@ -127,7 +127,6 @@ class GraphBuilder:
         self.sets: list[NeuronSet] = []
         self.edge_blocks: list[EdgeBlock] = []
         self.node_blocks: list[NodeBlock] = []
-        self.placed: dict[str, str] = {}  # state-dict key -> "edges" | "nodes"
         # tensors whose second usage must be consistent with the first: name -> per-element (src, dst) atoms
         self.tensor_atoms: dict[str, tuple[Tensor, Tensor, tuple[int, ...]]] = {}
         # symmetry constraints, all in global atom ids
@@ -187,7 +186,6 @@ class GraphBuilder:
             a0, a1 = (ends[k] for k in axes.split(","))
             if self._already_placed(name, a0, a1, view):
                 return
-            self.placed[name] = "edges"
         self.edge_blocks.append(EdgeBlock(name, tuple(shape), view, src.long(), dst.long(),
                                           None if pos is None else pos.to(torch.int16), edge_type))
 
@@ -195,7 +193,6 @@ class GraphBuilder:
         atoms = atoms.reshape(-1)
         if self._already_placed(name, atoms, atoms, (atoms.numel(),)):
             return
-        self.placed[name] = "nodes"
         self.node_blocks.append(NodeBlock(name, tuple(shape), atoms.long(), column))
 
     def _already_placed(self, name: str, a0: Tensor, a1: Tensor, view: tuple[int, ...]) -> bool:

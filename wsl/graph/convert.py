@@ -124,7 +124,6 @@ def _trace(module: nn.Module, state: dict[str, Tensor], args: tuple, kwargs: dic
         state={k: v.detach() for k, v in state.items()},
         aliases=aliases,
         keys=tuple(state.keys()),
-        used=tracer.used,
         outputs=outs,
         example_shapes=shapes,
     )

@@ -7,7 +7,7 @@ import os
 import torch
 from torch import nn
 
-from .builder import EDGE_TYPES, NODE_TYPES
+from .builder import NODE_TYPES
 from .paramgraph import ParamGraph
 
 MAX_NODES, MAX_EDGES = 3000, 60000
@@ -77,5 +77,3 @@ def plot_graph(graph: ParamGraph, path: str | os.PathLike[str], *, title: str | 
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
-
-_ = EDGE_TYPES

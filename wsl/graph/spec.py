@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .builder import EDGE_TYPE_ID, NODE_COL, NODE_FEATURES, NODE_TYPE_ID, NODE_TYPES, ConversionError, GraphBuilder
+from .builder import EDGE_TYPE_ID, NODE_COL, NODE_FEATURES, NODE_TYPE_ID, ConversionError, GraphBuilder
 from .symmetry import POSITIVE, SIGN, SymmetryElement, SymmetryGroups
 
 IO_HIDDEN, IO_INPUT, IO_OUTPUT = 0, 1, 2
@@ -198,7 +198,6 @@ def finish(
     state: dict[str, Tensor],
     aliases: dict[str, str],
     keys: tuple[str, ...],
-    used: set[str],
     outputs: list[Tensor],
     example_shapes: tuple[tuple[int, ...], ...],
 ) -> NetworkSpec:
@@ -342,5 +341,3 @@ def _layers(n: int, blocks: list, set_starts: list[int]) -> Tensor:
         layer[a:z] = depth[i]
     return layer
 
-
-_ = (NODE_TYPES, SIGN)

@@ -116,7 +116,6 @@ class Tracer:
         self.builder = GraphBuilder()
         self._info: dict[int, Info] = {}
         self._module_stack: list[str] = []
-        self.used: set[str] = set()
 
     # ----------------------------------------------------------- info store
     def info_of(self, t: Tensor) -> Info | None:
@@ -196,9 +195,6 @@ class Tracer:
         has_act = any(isinstance(i, Act) for i in infos)
         params = [i for i in infos if isinstance(i, (Param, Opaque)) and not (isinstance(i, Param) and i.buffer)]
         buffers = [i for i in infos if isinstance(i, Param) and i.buffer]
-        for p in params + buffers:
-            for n in (p.names if isinstance(p, Opaque) else (p.name,)):
-                self.used.add(n)
         if call.name in PARAM_RULES and (params or (buffers and has_act and call.name in _BUFFER_RULES)):
             PARAM_RULES[call.name](self, call)
             return

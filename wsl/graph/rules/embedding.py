@@ -113,13 +113,19 @@ def _shift_or_scale(tr: Tracer, call: Call, ids: Tensor, elem: Tensor, pp: Param
         if k == 1:
             tr.builder.add_nodes(pp.name, pshape, s_of_elem, "bias")
         else:
-            positions = tr.builder.new_set(k, "position", f"{call.module or 'root'}:{pp.name}", call.name, fixed=True)
-            order = torch.argsort(atom_of_elem, stable=True)
-            rank = torch.empty_like(order)
-            rank[order] = torch.arange(order.numel()) % k
-            tr.builder.add_edges(pp.name, pshape, positions[rank], s_of_elem, "position",
-                                 axes="src,dst", view=(pp.numel,))
+            _position_edges(tr, call, pp, atom_of_elem, s_of_elem, k)
     tr.set_act(out, s[inv].reshape(grid_shape))
+
+
+def _position_edges(tr: Tracer, call: Call, pp: Param, atom_of_elem: Tensor, target: Tensor, k: int) -> None:
+    """``k`` fixed position nodes; element ``e`` becomes an edge from position (its rank among the elements of
+    its neuron) to ``target[e]``."""
+    positions = tr.builder.new_set(k, "position", f"{call.module or 'root'}:{pp.name}", call.name, fixed=True)
+    order = torch.argsort(atom_of_elem, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel()) % k
+    tr.builder.add_edges(pp.name, tr.shapes[pp.name], positions[rank], target, "position", axes="src,dst",
+                         view=(pp.numel,))
 
 
 @param_rule("cat", "concat", "concatenate")
@@ -154,10 +160,5 @@ def cat_param(tr: Tracer, call: Call) -> None:
         atom_of_elem = pa - 1
         where = torch.searchsorted(uniq, atom_of_elem.contiguous())
         k = pp.numel // uniq.numel()
-        positions = tr.builder.new_set(k, "position", f"{call.module or 'root'}:{pp.name}", call.name, fixed=True)
-        order = torch.argsort(atom_of_elem, stable=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(order.numel()) % k
-        tr.builder.add_edges(pp.name, tr.shapes[pp.name], positions[rank], s[where], "position", axes="src,dst",
-                             view=(pp.numel,))
+        _position_edges(tr, call, pp, atom_of_elem, s[where], k)
     tr.set_act(out, s[inv].reshape(grid_shape))

@@ -9,8 +9,6 @@ edges are fixed identity edges. GroupNorm additionally declares its channel grou
 
 from __future__ import annotations
 
-import torch
-
 from ..builder import ConversionError
 from ..labels import Act
 from ..trace import Call, Tracer, op_handler, param_rule
@@ -92,5 +90,3 @@ def norm_without_params(tr: Tracer, call: Call) -> None:
             tr.builder.fix(info.ids)
     tr.set_act(call.out, info.ids)
 
-
-_ = torch
