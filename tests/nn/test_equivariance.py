@@ -1,0 +1,147 @@
+"""Symmetry properties of every metanetwork on batches mixing MLPs, a residual CNN with BatchNorm and a
+transformer: invariant output unchanged under random symmetry elements, equivariant node / edge outputs
+transform with them, and inconsistent permutations (not symmetries) change the output."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from wsl.graph.builder import NODE_COL
+from wsl.nn import GMN, NGGNN, RelationalTransformer, ScaleGMN
+from wsl.testing.checks import inconsistent_graph
+
+from .archs import make_graph, mixed_graphs
+
+MODELS = {
+    "gmn": lambda: GMN(out_dim=3, hidden_dim=16, num_layers=3),
+    "gmn_sum_unidirectional": lambda: GMN(out_dim=3, hidden_dim=16, num_layers=2, aggr="sum", bidirectional=False),
+    "nggnn": lambda: NGGNN(out_dim=3, hidden_dim=16, num_layers=3),
+    "transformer": lambda: RelationalTransformer(out_dim=3, hidden_dim=16, num_layers=3),
+    "transformer_2hop": lambda: RelationalTransformer(out_dim=3, hidden_dim=16, num_layers=2, hops=2),
+    "scalegmn": lambda: ScaleGMN(out_dim=3, hidden_dim=16, num_layers=3),
+    "scalegmn_forward": lambda: ScaleGMN(out_dim=3, hidden_dim=16, num_layers=3, bidirectional=False),
+}
+TOL = 1e-4
+
+
+def _model(name: str):
+    torch.manual_seed(0)
+    return MODELS[name]().eval()
+
+
+def _offsets(graphs):
+    n = e = 0
+    out = []
+    for g in graphs:
+        out.append((n, e))
+        n += g.num_nodes
+        e += g.edge_attr.shape[0]
+    return out
+
+
+def _transform(graphs, seed: int, scale: bool):
+    gen = torch.Generator().manual_seed(seed)
+    elements = [g.spec.sample_symmetry(gen, scale=scale) for g in graphs]
+    return elements, [g.apply_symmetry(el) for g, el in zip(graphs, elements)]
+
+
+def _close(a, b, tol=TOL):
+    return float((a - b).abs().max()) <= tol * (1 + float(b.abs().max()))
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return mixed_graphs(0)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_permutation_invariance_and_equivariance(name, graphs):
+    model = _model(name)
+    elements, moved = _transform(graphs, seed=1, scale=False)
+    assert any(not el.is_identity() for el in elements)
+    with torch.no_grad():
+        ref = model(Batch.from_data_list(graphs), output="all")
+        out = model(Batch.from_data_list(moved), output="all")
+    assert _close(out.graph, ref.graph), (out.graph - ref.graph).abs().max()
+    for (n0, e0), g, el in zip(_offsets(graphs), graphs, elements):
+        n, m = g.num_nodes, g.edge_attr.shape[0]
+        gather = g.spec.edge_gather(el.perm)
+        assert _close(out.edge[e0 : e0 + m], ref.edge[e0 : e0 + m][gather])
+        assert _close(out.node[n0 : n0 + n], ref.node[n0 : n0 + n][el.perm])
+        # and the equivariant output is not trivially permutation-blind
+        assert not torch.allclose(ref.edge[e0 : e0 + m], ref.edge[e0 : e0 + m][gather])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_inconsistent_permutation_changes_output(name, graphs):
+    model = _model(name)
+    gen = torch.Generator().manual_seed(3)
+    _, moved = _transform(graphs, seed=1, scale=False)
+    with torch.no_grad():
+        ref = model(Batch.from_data_list(graphs))
+        noise = (model(Batch.from_data_list(moved)) - ref).abs().amax(dim=1)  # float rounding under a symmetry
+        for i in (0, 3, 4):  # an MLP, the residual CNN, the transformer
+            bad = list(graphs)
+            bad[i] = inconsistent_graph(graphs[i], gen)
+            out = model(Batch.from_data_list(bad))
+            change = float((out[i] - ref[i]).abs().max())
+            assert change > 100 * float(noise[i]) + 1e-6 * (1 + float(ref[i].abs().max())), (name, i, change)
+            others = [j for j in range(len(graphs)) if j != i]
+            assert _close(out[others], ref[others], 1e-6)  # graphs in a batch do not interact
+
+
+@pytest.mark.parametrize("name", ["scalegmn", "scalegmn_forward"])
+def test_scalegmn_scale_and_sign_symmetries(name, graphs):
+    model = _model(name)
+    elements, moved = _transform(graphs, seed=5, scale=True)
+    scaled = [el for el in elements if el.scale is not None and bool((el.scale != 1).any())]
+    assert len(scaled) >= 3  # relu MLP (positive), tanh MLP and SIREN (sign)
+    with torch.no_grad():
+        ref = model(Batch.from_data_list(graphs), output="all")
+        out = model(Batch.from_data_list(moved), output="all")
+    assert _close(out.graph, ref.graph), (out.graph - ref.graph).abs().max()
+    for (n0, e0), g, el in zip(_offsets(graphs), graphs, elements):
+        n, m = g.num_nodes, g.edge_attr.shape[0]
+        s = el.scale.float() if el.scale is not None else torch.ones(n)
+        src, dst = g.edge_index
+        edge = ref.edge[e0 : e0 + m] * (s[dst] / s[src])[:, None]
+        node = ref.node[n0 : n0 + n] * s[:, None]
+        gather = g.spec.edge_gather(el.perm)
+        assert _close(out.edge[e0 : e0 + m], edge[gather])
+        assert _close(out.node[n0 : n0 + n], node[el.perm])
+
+
+def _rescale_without_compensation(g, node: int, factor: float):
+    """Scale one hidden neuron's incoming weights and bias but *not* its outgoing weights: not a symmetry."""
+    new = g.clone_structure()
+    w = g.edge_attr.clone()
+    w[g.edge_index[1] == node] *= factor
+    x = g.x.clone()
+    x[node, NODE_COL["bias"]] *= factor
+    new.edge_attr, new.x = w, x
+    return new
+
+
+def test_scalegmn_detects_uncompensated_rescaling():
+    model = _model("scalegmn")
+    g = make_graph("mlp_relu", 0)
+    hidden = int(torch.nonzero(g.spec.symmetry.scale_kind > 0)[0])
+    el = g.spec.sample_symmetry(torch.Generator().manual_seed(0), scale=True)
+    with torch.no_grad():
+        ref = model(g)
+        noise = float((model(g.apply_symmetry(el)) - ref).abs().max())
+        out = model(_rescale_without_compensation(g, hidden, 2.0))
+    assert float((out - ref).abs().max()) > 1000 * noise + 1e-5 * (1 + float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["gmn", "nggnn", "transformer"])
+def test_plain_models_are_not_scale_invariant(name):
+    """The scale test above can fail: models without scale equivariance do see a rescaling."""
+    model = _model(name)
+    g = make_graph("mlp_relu", 0)
+    el = g.spec.sample_symmetry(torch.Generator().manual_seed(0), scale=True)
+    with torch.no_grad():
+        change = float((model(g.apply_symmetry(el)) - model(g)).abs().max())
+    assert change > 1e-4

@@ -1,0 +1,15 @@
+"""Metanetworks: permutation- (and scale-) equivariant GNNs over batches of parameter graphs.
+
+>>> from wsl.nn import GMN                               # doctest: +SKIP
+>>> logits = GMN(out_dim=10)(batch)                      # batch: PyG Batch of wsl.to_graph(...) graphs
+"""
+
+from . import scatter
+from .context import GraphContext
+from .encoders import FourierFeatures, GraphEncoder, StructureEncoder
+from .models import GMN, NGGNN, MetaNetwork, RelationalTransformer, ScaleGMN
+from .readout import MetaOutput, apply_outputs, state_dicts
+
+__all__ = ["GMN", "NGGNN", "FourierFeatures", "GraphContext", "GraphEncoder", "MetaNetwork", "MetaOutput",
+           "RelationalTransformer", "ScaleGMN", "StructureEncoder", "apply_outputs", "scatter",
+           "state_dicts"]

@@ -1,0 +1,149 @@
+"""One scatter dispatch for all message passing in :mod:`wsl.nn`.
+
+Every reduction a metanetwork does (sum / mean / max / min / std of edge messages into nodes, the
+softmax over a node's incoming edges, per-graph pooling) goes through :func:`scatter` and
+:func:`segment_softmax`. Two backends implement them:
+
+* ``"native"``: torch's own ``index_add_`` / ``scatter_reduce_`` (always available, CPU and CUDA);
+* ``"torch_scatter"``: the ``torch-scatter`` extension (``pip install "wsl[scatter]"``), used for the
+  min / max / std reductions where its fused kernels help; sums and means stay on ``index_add_``, which is
+  as fast and deterministic on CPU.
+
+The backend is chosen by :func:`set_backend` / :func:`use_backend`, or the ``WSL_SCATTER`` environment
+variable (``auto`` | ``native`` | ``torch_scatter``); ``auto`` (the default) takes ``torch_scatter`` when it
+imports and ``native`` otherwise. Both run on whatever device the tensors are on.
+
+All functions reduce along dimension 0: ``src`` is ``[E, ...]``, ``index`` is ``[E]`` (int64) and the
+result is ``[dim_size, ...]``; rows that receive nothing are 0.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("sum", "mean", "max", "min", "std")
+BACKENDS = ("auto", "native", "torch_scatter")
+
+_requested = os.environ.get("WSL_SCATTER", "auto")
+_torch_scatter = None
+_probed = False
+
+
+def _load_torch_scatter():
+    global _torch_scatter, _probed
+    if not _probed:
+        _probed = True
+        try:
+            import torch_scatter  # type: ignore[import-not-found]
+
+            _torch_scatter = torch_scatter
+        except (ImportError, OSError, RuntimeError):  # not installed, or built against another torch
+            _torch_scatter = None
+    return _torch_scatter
+
+
+def available_backends() -> list[str]:
+    """Backends that work in this environment."""
+    return ["native"] + (["torch_scatter"] if _load_torch_scatter() is not None else [])
+
+
+def get_backend() -> str:
+    """The backend in use (``auto`` resolved)."""
+    if _requested == "auto":
+        return "torch_scatter" if _load_torch_scatter() is not None else "native"
+    return _requested
+
+
+def set_backend(name: str) -> None:
+    """Select ``auto``, ``native`` or ``torch_scatter`` for all later calls."""
+    global _requested
+    if name not in BACKENDS:
+        raise ValueError(f"unknown scatter backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "torch_scatter" and _load_torch_scatter() is None:
+        raise ImportError('scatter backend "torch_scatter" requested but torch-scatter does not import; '
+                          'install it with `pip install --no-build-isolation torch-scatter` (or "wsl[scatter]") '
+                          'or use the "native" backend')
+    _requested = name
+
+
+@contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Temporarily select a backend: ``with use_backend("native"): ...``."""
+    old = _requested
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
+
+
+if _requested not in BACKENDS:  # a bad environment variable must not go unnoticed
+    raise ValueError(f"WSL_SCATTER={_requested!r} is not a scatter backend; use one of {', '.join(BACKENDS)}")
+
+
+# ------------------------------------------------------------------------------------------ reductions
+def _sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
+    return src.new_zeros((dim_size, *src.shape[1:])).index_add_(0, index, src)
+
+
+def count(index: Tensor, dim_size: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Number of entries per output row, ``[dim_size]``."""
+    return torch.bincount(index, minlength=dim_size).to(dtype)
+
+
+def _expand(index: Tensor, src: Tensor) -> Tensor:
+    return index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+
+
+def _extreme(src: Tensor, index: Tensor, dim_size: int, reduce: str) -> Tensor:
+    ts = _load_torch_scatter() if get_backend() == "torch_scatter" else None
+    if ts is not None:
+        fn = ts.scatter_max if reduce == "max" else ts.scatter_min
+        return fn(src, index, dim=0, dim_size=dim_size)[0]
+    out = src.new_zeros((dim_size, *src.shape[1:]))
+    return out.scatter_reduce_(0, _expand(index, src), src, reduce="amax" if reduce == "max" else "amin",
+                               include_self=False)
+
+
+def scatter(src: Tensor, index: Tensor, dim_size: int, reduce: str = "sum", *,
+            counts: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Reduce rows of ``src`` into ``dim_size`` rows by ``index``.
+
+    ``counts`` (rows per output, as from :func:`count`) may be passed to save recomputing it for ``mean``
+    and ``std``; ``std`` is ``sqrt(var + eps)`` of the population variance.
+    """
+    if index.dtype != torch.long:
+        raise TypeError(f"scatter index must be int64, got {index.dtype}")
+    if index.dim() != 1 or index.numel() != src.shape[0]:
+        raise ValueError(f"scatter index of shape {tuple(index.shape)} does not match src rows {src.shape[0]}")
+    if reduce == "sum":
+        return _sum(src, index, dim_size)
+    if reduce in ("mean", "std"):
+        c = counts if counts is not None else count(index, dim_size, src.dtype)
+        c = c.clamp(min=1).view(-1, *([1] * (src.dim() - 1)))
+        mean = _sum(src, index, dim_size) / c
+        if reduce == "mean":
+            return mean
+        var = (_sum(src * src, index, dim_size) / c - mean * mean).clamp(min=0)
+        return torch.sqrt(var + eps)
+    if reduce in ("max", "min"):
+        return _extreme(src, index, dim_size, reduce)
+    raise ValueError(f"unknown reduction {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
+
+
+def gather(src: Tensor, index: Tensor) -> Tensor:
+    """``src[index]`` along dim 0 via ``index_select``, whose backward is an ``index_add_`` (advanced
+    indexing's backward is an accumulating ``index_put_``, several times slower on CPU)."""
+    return src.index_select(0, index)
+
+
+def segment_softmax(logits: Tensor, index: Tensor, dim_size: int) -> Tensor:
+    """Softmax of ``logits`` ``[E, ...]`` over the entries that share an ``index`` (e.g. a node's in-edges)."""
+    top = _extreme(logits.detach(), index, dim_size, "max")
+    z = torch.exp(logits - gather(top, index))
+    return z / (gather(_sum(z, index, dim_size), index) + 1e-16)
