@@ -125,12 +125,12 @@ def scatter(src: Tensor, index: Tensor, dim_size: int, reduce: str = "sum", *,
         return _sum(src, index, dim_size)
     if reduce in ("mean", "std"):
         c = counts if counts is not None else count(index, dim_size, src.dtype)
-        c = c.clamp(min=1).view(-1, *([1] * (src.dim() - 1)))
-        mean = _sum(src, index, dim_size) / c
+        c = c.view(-1, *([1] * (src.dim() - 1)))
+        mean = _sum(src, index, dim_size) / c.clamp(min=1)
         if reduce == "mean":
             return mean
-        var = (_sum(src * src, index, dim_size) / c - mean * mean).clamp(min=0)
-        return torch.sqrt(var + eps)
+        var = (_sum(src * src, index, dim_size) / c.clamp(min=1) - mean * mean).clamp(min=0)
+        return torch.sqrt(var + eps) * (c > 0).to(src.dtype)
     if reduce in ("max", "min"):
         return _extreme(src, index, dim_size, reduce)
     raise ValueError(f"unknown reduction {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
