@@ -9,7 +9,15 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch
 
 import wsl
-from wsl.nn import GMN, NGGNN, GraphContext, RelationalTransformer, ScaleGMN, apply_outputs, state_dicts
+from wsl.nn import (
+    GMN,
+    NGGNN,
+    GraphContext,
+    RelationalTransformer,
+    ScaleGMN,
+    apply_outputs,
+    state_dicts,
+)
 from wsl.nn.stats import WeightStats
 from wsl.testing.checks import assert_roundtrip
 
