@@ -145,3 +145,24 @@ def test_plain_models_are_not_scale_invariant(name):
     with torch.no_grad():
         change = float((model(g.apply_symmetry(el)) - model(g)).abs().max())
     assert change > 1e-4
+
+
+@pytest.mark.parametrize("name", ["gmn", "nggnn", "transformer_2hop", "scalegmn"])
+def test_hf_gpt2_graph(name):
+    """A real library model (HF GPT-2 from a tiny config: embeddings, positions, tied head, fused qkv)."""
+    import wsl
+
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=8,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    lm = transformers.GPT2LMHeadModel(cfg).eval()
+    g = wsl.to_graph(lm, example_inputs={"input_ids": torch.zeros(1, 4, dtype=torch.long)})
+    model = _model(name)
+    el = g.spec.sample_symmetry(torch.Generator().manual_seed(0), scale=True)
+    assert not el.is_identity()
+    with torch.no_grad():
+        ref, out = model(g, output="all"), model(g.apply_symmetry(el), output="all")
+    assert _close(out.graph, ref.graph)
+    assert el.scale is None  # GELU: no scale / sign symmetry, so edges just permute (ScaleGMN included)
+    assert _close(out.edge, ref.edge[g.spec.edge_gather(el.perm)])

@@ -64,9 +64,9 @@ def standardized_values(batch) -> tuple[Tensor, Tensor]:
 
 
 def edge_structure(batch) -> Tensor:
-    """Raw invariant edge features ``[E, len(EDGE_TYPES) + 3]``: one-hot edge type and kernel offset."""
+    """Raw invariant edge features ``[E, len(EDGE_TYPES) + 3]``: one-hot edge type, ``asinh`` of ``edge_pos``."""
     onehot = F.one_hot(batch.edge_type.long(), len(EDGE_TYPES)).float()
-    return torch.cat([onehot, batch.edge_pos.float()], dim=-1)
+    return torch.cat([onehot, torch.asinh(batch.edge_pos.float())], dim=-1)  # bounded growth for large indices
 
 
 EDGE_STRUCTURE_DIM = len(EDGE_TYPES) + 3
