@@ -1,0 +1,79 @@
+"""Local zoo generation: deterministic, resumable, loadable into the architecture it names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import wsl
+from wsl.data.generate import DigitsINRConfig, ZooDir, generate_digits_inr, siren
+from wsl.data.generate.digits_inr import batched_siren, coordinate_grid, digit_images
+
+pytest.importorskip("sklearn")
+
+SMALL = DigitsINRConfig(limit=12, views=2, shard_size=8, steps=30, lr=1e-3)
+
+
+def _all(zoo: ZooDir):
+    return list(zoo.state_dicts())
+
+
+def test_same_seed_same_weights_and_resume(tmp_path):
+    full = generate_digits_inr(SMALL, tmp_path / "a", progress=False)
+    assert full.complete and len(full) == 24
+    part = generate_digits_inr(SMALL, tmp_path / "b", progress=False, max_shards=1)  # "killed" after one shard
+    assert not part.complete and len(part) == 8
+    resumed = generate_digits_inr(SMALL, tmp_path / "b", progress=False)
+    assert resumed.complete
+    a, b = _all(full), _all(resumed)
+    assert len(a) == len(b) == 24
+    for (sa, ma), (sb, mb) in zip(a, b):
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+        assert int(ma["label"]) == int(mb["label"]) and int(ma["view"]) == int(mb["view"])
+    other = generate_digits_inr(DigitsINRConfig(**{**SMALL.__dict__, "seed": 1}), tmp_path / "c", progress=False)
+    assert not torch.equal(_all(other)[0][0]["0.weight"], a[0][0]["0.weight"])
+
+
+def test_views_differ_and_labels_match_digits(tmp_path):
+    zoo = generate_digits_inr(SMALL, tmp_path, progress=False)
+    items = _all(zoo)
+    _, labels = digit_images(8)
+    for sd, meta in items:
+        assert int(meta["label"]) == int(labels[int(meta["image_index"])])
+    v0, v1 = items[0], items[1]
+    assert int(v0[1]["image_index"]) == int(v1[1]["image_index"]) and int(v1[1]["view"]) == 1
+    assert not torch.equal(v0[0]["2.weight"], v1[0]["2.weight"])
+
+
+def test_fitted_inrs_render_their_image(tmp_path):
+    cfg = DigitsINRConfig(limit=4, shard_size=4, steps=150)
+    zoo = generate_digits_inr(cfg, tmp_path, progress=False)
+    images, _ = digit_images(cfg.size)
+    coords = coordinate_grid(cfg.size)
+    for sd, meta in zoo.state_dicts():
+        model = siren(hidden=cfg.hidden, depth=cfg.depth, w0=cfg.w0)
+        model.load_state_dict(sd)  # stored keys are exactly the constructor's
+        with torch.no_grad():
+            out = model(coords)[:, 0]
+            ref = batched_siren({k: v[None] for k, v in sd.items()}, coords, cfg.w0)[0]
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        target = images[int(meta["image_index"])].reshape(-1)
+        mse = float((out - target).square().mean())
+        assert mse < 0.25 * float(target.var()), mse  # fitted, not just the mean
+        assert abs(mse - float(meta["mse"])) < 1e-4
+        g = wsl.to_graph(model)
+        assert [s for _, s in g.spec.scale_sets()] == ["sign flip", "sign flip"]
+
+
+def test_manifest_and_config_mismatch(tmp_path):
+    generate_digits_inr(SMALL, tmp_path, progress=False, max_shards=1)
+    info = json.loads((tmp_path / "manifest.json").read_text())
+    assert info["format"] == "wsl-zoo/1" and info["num_models"] == 24 and not info["complete"]
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="another configuration"):
+        generate_digits_inr(DigitsINRConfig(limit=12, steps=31), tmp_path, progress=False)
+    with pytest.raises(FileNotFoundError, match="no manifest"):
+        ZooDir(tmp_path / "nowhere")

@@ -1,0 +1,1 @@
+"""Zoos of trained networks: local generators, published-zoo loaders, datasets of parameter graphs."""

@@ -1,0 +1,127 @@
+"""Shared machinery of the local zoo generators: cache location, sharded storage, atomic writes, resume.
+
+A generated zoo is a directory::
+
+    <cache>/zoos/<name>-<config hash>/
+        manifest.json            format, kind, config, architecture constructor, shard list, totals
+        shard_00000.safetensors  stacked state-dict tensors [n, *shape] + per-model metadata tensors
+        shard_00001.safetensors  ...
+
+Shards are written to a temporary file and renamed (atomic on POSIX), and the manifest is rewritten after
+each one, so a killed generation leaves only complete shards; running it again skips them and continues.
+Every model's randomness comes from a generator seeded by ``(seed, model index)``, so the result does not
+depend on where a run was interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+FORMAT = "wsl-zoo/1"
+META_PREFIX = "__meta__."
+
+
+def cache_root() -> Path:
+    """``$WSL_CACHE`` if set, else ``$XDG_CACHE_HOME/wsl`` or ``~/.cache/wsl`` (outside any git checkout)."""
+    env = os.environ.get("WSL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "wsl"
+
+
+def config_hash(config: Any) -> str:
+    blob = json.dumps(asdict(config), sort_keys=True).encode()
+    return hashlib.sha1(blob).hexdigest()[:10]
+
+
+def model_seed(seed: int, index: int) -> int:
+    """Independent, reproducible seed per model (does not depend on batching or interruption)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:7], "little")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_shard(path: Path, params: dict[str, Tensor], meta: dict[str, Tensor]) -> None:
+    tensors = {k: v.contiguous() for k, v in params.items()}
+    tensors.update({META_PREFIX + k: v.contiguous() for k, v in meta.items()})
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    os.replace(tmp, path)
+
+
+def load_shard(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    raw = load_file(str(path))
+    params = {k: v for k, v in raw.items() if not k.startswith(META_PREFIX)}
+    meta = {k[len(META_PREFIX):]: v for k, v in raw.items() if k.startswith(META_PREFIX)}
+    return params, meta
+
+
+class Progress:
+    """tqdm when installed and wanted, otherwise a quiet counter (library code must not require tqdm)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True, initial: int = 0) -> None:
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, initial=initial, unit="model", file=sys.stderr)
+            except ImportError:
+                self.bar = None
+
+    def update(self, n: int, **postfix: Any) -> None:
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class ZooDir:
+    """Read side of a generated zoo directory (see module docstring)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        mf = self.path / "manifest.json"
+        if not mf.is_file():
+            raise FileNotFoundError(f"{self.path} is not a wsl zoo: no manifest.json (generate one first)")
+        self.manifest = json.loads(mf.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise ValueError(f"{mf}: format {self.manifest.get('format')!r} is not {FORMAT!r}")
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    def __len__(self) -> int:
+        return sum(s["count"] for s in self.manifest["shards"])
+
+    def shards(self) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+        for s in self.manifest["shards"]:
+            yield load_shard(self.path / s["file"])
+
+    def state_dicts(self) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+        """``(state_dict, meta)`` per model, in model-index order."""
+        for params, meta in self.shards():
+            n = next(iter(meta.values())).shape[0]
+            for i in range(n):
+                yield {k: v[i].clone() for k, v in params.items()}, {k: v[i] for k, v in meta.items()}

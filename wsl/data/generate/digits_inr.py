@@ -1,0 +1,202 @@
+"""digits-INR: SIRENs fitted to scikit-learn's bundled digit images — the local MNIST-INR benchmark.
+
+Each of the 1,797 ``sklearn.datasets.load_digits`` images (8x8) is upsampled (bilinear) to ``size x size``
+and fitted by ``views`` independently initialized SIRENs ``2 -> hidden -> ... -> 1`` (``sin(w0 x)``
+activations, SIREN initialization). Labels are the digit classes. Fitting is batched: a whole shard of
+INRs trains at once with batched matmuls (every INR has its own parameters and Adam state; the summed
+loss keeps their gradients independent).
+
+>>> zoo = generate_digits_inr(DigitsINRConfig(views=1))      # doctest: +SKIP
+>>> for state_dict, meta in zoo.state_dicts(): ...           # meta: label, image_index, view, mse
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .common import FORMAT, Progress, ZooDir, atomic_write_text, cache_root, config_hash, model_seed, save_shard
+
+NUM_DIGITS = 1797
+
+
+class Sine(nn.Module):
+    """``sin(w0 * x)``."""
+
+    def __init__(self, w0: float = 30.0) -> None:
+        super().__init__()
+        self.w0 = w0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(self.w0 * x)
+
+    def extra_repr(self) -> str:
+        return f"w0={self.w0}"
+
+
+def siren(in_dim: int = 2, hidden: int = 32, depth: int = 2, out_dim: int = 1, w0: float = 30.0) -> nn.Sequential:
+    """SIREN ``in -> hidden (x depth) -> out`` as an ``nn.Sequential`` (keys ``0.weight``, ``0.bias``, ``2.weight``, ...)."""
+    layers: list[nn.Module] = []
+    dims = [in_dim] + [hidden] * depth
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), Sine(w0)]
+    layers.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class DigitsINRConfig:
+    size: int = 28  # image side after upsampling
+    views: int = 1  # independently initialized INRs per image
+    hidden: int = 32
+    depth: int = 2  # hidden layers
+    w0: float = 30.0
+    steps: int = 300  # Adam steps per INR
+    lr: float = 1e-3
+    shard_size: int = 512  # INRs fitted together (and stored per file)
+    seed: int = 0
+    limit: int | None = None  # use only the first `limit` images (quick runs, tests)
+
+    @property
+    def num_images(self) -> int:
+        return NUM_DIGITS if self.limit is None else min(self.limit, NUM_DIGITS)
+
+
+def digit_images(size: int = 28) -> tuple[Tensor, Tensor]:
+    """``(images [1797, size, size] in [0, 1], labels [1797])`` from scikit-learn's bundled digits."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("digits zoos need scikit-learn: pip install scikit-learn (or 'wsl[train]')") from e
+    d = load_digits()
+    img = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    if size != 8:
+        img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=True)
+    return img[:, 0].clamp(0, 1), torch.tensor(d.target, dtype=torch.long)
+
+
+def coordinate_grid(size: int) -> Tensor:
+    """Pixel centres in ``[-1, 1]^2``, ``[size*size, 2]`` in row-major (y, x) order."""
+    lin = torch.linspace(-1, 1, size)
+    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
+    return torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=-1)
+
+
+def siren_init(cfg: DigitsINRConfig, generator: torch.Generator) -> dict[str, Tensor]:
+    """SIREN initialization (first layer ``U(-1/in, 1/in)``, later ``U(-sqrt(6/in)/w0, ...)``)."""
+    dims = [2] + [cfg.hidden] * cfg.depth + [1]
+    out: dict[str, Tensor] = {}
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        bound = 1.0 / a if i == 0 else math.sqrt(6.0 / a) / cfg.w0
+        out[f"{2 * i}.weight"] = (torch.rand(b, a, generator=generator) * 2 - 1) * bound
+        out[f"{2 * i}.bias"] = (torch.rand(b, generator=generator) * 2 - 1) / math.sqrt(a)
+    return out
+
+
+def batched_siren(params: dict[str, Tensor], coords: Tensor, w0: float) -> Tensor:
+    """Evaluate ``B`` SIRENs with stacked parameters on shared ``coords`` ``[P, 2]`` -> ``[B, P]``."""
+    keys = sorted({k.split(".")[0] for k in params}, key=int)
+    h = coords.expand(params[f"{keys[0]}.weight"].shape[0], *coords.shape)
+    for j, k in enumerate(keys):
+        h = torch.baddbmm(params[f"{k}.bias"][:, None, :], h, params[f"{k}.weight"].transpose(1, 2))
+        if j < len(keys) - 1:
+            h = torch.sin(w0 * h)
+    return h[..., 0]
+
+
+def fit_sirens(init: dict[str, Tensor], targets: Tensor, cfg: DigitsINRConfig) -> tuple[dict[str, Tensor], Tensor]:
+    """Fit one SIREN per target image (batched); returns the fitted stacked parameters and per-INR MSE."""
+    params = {k: v.clone().requires_grad_() for k, v in init.items()}
+    coords = coordinate_grid(cfg.size)
+    flat = targets.reshape(targets.shape[0], -1)
+    opt = torch.optim.Adam(params.values(), lr=cfg.lr)
+    for _ in range(cfg.steps):
+        opt.zero_grad(set_to_none=True)
+        mse = (batched_siren(params, coords, cfg.w0) - flat).square().mean(dim=1)
+        mse.sum().backward()
+        opt.step()
+    with torch.no_grad():
+        mse = (batched_siren(params, coords, cfg.w0) - flat).square().mean(dim=1)
+    return {k: v.detach() for k, v in params.items()}, mse
+
+
+def zoo_path(cfg: DigitsINRConfig, root: str | Path | None = None) -> Path:
+    return Path(root) if root is not None else cache_root() / "zoos" / f"digits-inr-{config_hash(cfg)}"
+
+
+def generate_digits_inr(cfg: DigitsINRConfig = DigitsINRConfig(), root: str | Path | None = None, *,
+                        progress: bool = True, max_shards: int | None = None) -> ZooDir:
+    """Build (or finish building, or just open) the digits-INR zoo for ``cfg``; returns it as a :class:`ZooDir`.
+
+    ``root`` defaults to ``<cache>/zoos/digits-inr-<config hash>``. Completed shards are kept and skipped,
+    so an interrupted call resumes. ``max_shards`` stops after that many new shards (for tests / budgets).
+    """
+    path = zoo_path(cfg, root)
+    path.mkdir(parents=True, exist_ok=True)
+    mf = path / "manifest.json"
+    if mf.is_file():
+        old = json.loads(mf.read_text())
+        if old.get("config") != asdict(cfg):
+            raise ValueError(f"{path} holds a zoo generated with another configuration; "
+                             f"use another root or delete the directory")
+    total = cfg.num_images * cfg.views
+    num_shards = math.ceil(total / cfg.shard_size)
+    images, labels = digit_images(cfg.size)
+    shards, done = [], 0
+    for s in range(num_shards):
+        if (path / f"shard_{s:05d}.safetensors").is_file():
+            lo, hi = s * cfg.shard_size, min(total, (s + 1) * cfg.shard_size)
+            shards.append({"file": f"shard_{s:05d}.safetensors", "count": hi - lo})
+            done += hi - lo
+    bar = Progress(total, "digits-INR zoo", progress, initial=done)
+    new = 0
+    t0 = time.perf_counter()
+    for s in range(num_shards):
+        name = f"shard_{s:05d}.safetensors"
+        if (path / name).is_file():
+            continue
+        if max_shards is not None and new >= max_shards:
+            break
+        lo, hi = s * cfg.shard_size, min(total, (s + 1) * cfg.shard_size)
+        idx = torch.arange(lo, hi)
+        img_idx, view = idx // cfg.views, idx % cfg.views
+        inits = [siren_init(cfg, torch.Generator().manual_seed(model_seed(cfg.seed, int(m)))) for m in idx]
+        stacked = {k: torch.stack([p[k] for p in inits]) for k in inits[0]}
+        params, mse = fit_sirens(stacked, images[img_idx], cfg)
+        meta = {"label": labels[img_idx], "image_index": img_idx, "view": view, "mse": mse.float()}
+        save_shard(path / name, params, meta)
+        shards.append({"file": name, "count": hi - lo})
+        shards.sort(key=lambda d: d["file"])
+        new += 1
+        _write_manifest(mf, cfg, shards, total)
+        psnr = float((-10 * torch.log10(mse.clamp(min=1e-12))).mean())
+        bar.update(hi - lo, psnr=f"{psnr:.1f}dB")
+    bar.close()
+    _write_manifest(mf, cfg, shards, total, seconds=time.perf_counter() - t0 if new else None)
+    return ZooDir(path)
+
+
+def _write_manifest(mf: Path, cfg: DigitsINRConfig, shards: list, total: int, seconds: float | None = None) -> None:
+    done = sum(s["count"] for s in shards)
+    info = {
+        "format": FORMAT,
+        "kind": "digits-inr",
+        "config": asdict(cfg),
+        "architecture": {"constructor": "wsl.data.generate.digits_inr:siren",
+                         "kwargs": {"hidden": cfg.hidden, "depth": cfg.depth, "w0": cfg.w0}},
+        "num_models": total,
+        "shards": shards,
+        "complete": done == total,
+    }
+    if mf.is_file() and seconds is None:
+        info["last_build_seconds"] = json.loads(mf.read_text()).get("last_build_seconds")
+    elif seconds is not None:
+        info["last_build_seconds"] = round(seconds, 1)
+    atomic_write_text(mf, json.dumps(info, indent=1))
