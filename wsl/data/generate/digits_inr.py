@@ -16,13 +16,23 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import FORMAT, Progress, ZooDir, atomic_write_text, cache_root, config_hash, model_seed, save_shard
+from .common import (
+    FORMAT,
+    Progress,
+    ZooDir,
+    atomic_write_text,
+    cache_root,
+    config_hash,
+    model_seed,
+    save_shard,
+)
 
 NUM_DIGITS = 1797
 
@@ -45,7 +55,7 @@ def siren(in_dim: int = 2, hidden: int = 32, depth: int = 2, out_dim: int = 1, w
     """SIREN ``in -> hidden (x depth) -> out`` as an ``nn.Sequential`` (keys ``0.weight``, ``0.bias``, ``2.weight``, ...)."""
     layers: list[nn.Module] = []
     dims = [in_dim] + [hidden] * depth
-    for a, b in zip(dims[:-1], dims[1:]):
+    for a, b in pairwise(dims):
         layers += [nn.Linear(a, b), Sine(w0)]
     layers.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*layers)
@@ -93,7 +103,7 @@ def siren_init(cfg: DigitsINRConfig, generator: torch.Generator) -> dict[str, Te
     """SIREN initialization (first layer ``U(-1/in, 1/in)``, later ``U(-sqrt(6/in)/w0, ...)``)."""
     dims = [2] + [cfg.hidden] * cfg.depth + [1]
     out: dict[str, Tensor] = {}
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (a, b) in enumerate(pairwise(dims)):
         bound = 1.0 / a if i == 0 else math.sqrt(6.0 / a) / cfg.w0
         out[f"{2 * i}.weight"] = (torch.rand(b, a, generator=generator) * 2 - 1) * bound
         out[f"{2 * i}.bias"] = (torch.rand(b, generator=generator) * 2 - 1) / math.sqrt(a)
