@@ -77,3 +77,29 @@ def test_manifest_and_config_mismatch(tmp_path):
         generate_digits_inr(DigitsINRConfig(limit=12, steps=31), tmp_path, progress=False)
     with pytest.raises(FileNotFoundError, match="no manifest"):
         ZooDir(tmp_path / "nowhere")
+
+
+def test_zoo_dataset_splits_cache_and_batching(tmp_path):
+    from torch_geometric.loader import DataLoader
+
+    from wsl.data.dataset import ZooDataset
+    from wsl.nn import GMN
+
+    zoo = generate_digits_inr(SMALL, tmp_path, progress=False)
+    train = ZooDataset(zoo, "train", group="image_index", fractions=(0.5, 0.25, 0.25))
+    test = ZooDataset(zoo, "test", group="image_index", fractions=(0.5, 0.25, 0.25))
+    assert list(tmp_path.glob("graphs-*.safetensors"))  # converted once, cached next to the zoo
+    imgs = lambda ds: {int(ds.meta["image_index"][j]) for j in ds.indices}  # noqa: E731
+    assert imgs(train) and imgs(test) and not imgs(train) & imgs(test)  # views never straddle splits
+    assert len(train) + len(test) + len(ZooDataset(zoo, "val", group="image_index", fractions=(0.5, 0.25, 0.25))) == 24
+    sds = {int(m["image_index"]) * 2 + int(m["view"]): sd for sd, m in zoo.state_dicts()}
+    g = train[0]
+    j = int(train.indices[0])
+    for k, v in g.to_state_dict().items():
+        assert torch.equal(v, sds[j][k]), k  # cache round trip is exact
+    assert int(g.y) == int(train.meta["label"][j])
+    stats = train.weight_stats()
+    train.transform = stats
+    batch = next(iter(DataLoader(train, batch_size=4)))
+    assert batch.y.shape == (4,) and batch.edge_norm.shape == (batch.edge_attr.shape[0], 2)
+    assert GMN(out_dim=10, hidden_dim=8, num_layers=1)(batch).shape == (4, 10)

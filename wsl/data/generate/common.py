@@ -114,6 +114,23 @@ class ZooDir:
     def __len__(self) -> int:
         return sum(s["count"] for s in self.manifest["shards"])
 
+    def architecture(self, *, allow_any: bool = False):
+        """A fresh module of the zoo's architecture, built by the constructor the manifest names.
+
+        Only constructors inside the ``wsl`` package are called unless ``allow_any`` (a manifest from an
+        untrusted source must not make us import and call arbitrary code).
+        """
+        import importlib
+
+        arch = self.manifest["architecture"]
+        target = arch["constructor"]
+        mod_name, _, fn_name = target.partition(":")
+        if not allow_any and not (mod_name == "wsl" or mod_name.startswith("wsl.")):
+            raise ValueError(f"{self.path}/manifest.json names constructor {target!r} outside wsl; "
+                             f"pass allow_any=True if you trust this zoo")
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+        return fn(**arch.get("kwargs", {}))
+
     def shards(self) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
         for s in self.manifest["shards"]:
             yield load_shard(self.path / s["file"])
