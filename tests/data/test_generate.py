@@ -89,7 +89,7 @@ def test_zoo_dataset_splits_cache_and_batching(tmp_path):
     train = ZooDataset(zoo, "train", group="image_index", fractions=(0.5, 0.25, 0.25))
     test = ZooDataset(zoo, "test", group="image_index", fractions=(0.5, 0.25, 0.25))
     assert list(tmp_path.glob("graphs-*.safetensors"))  # converted once, cached next to the zoo
-    imgs = lambda ds: {int(ds.meta["image_index"][j]) for j in ds.indices}  # noqa: E731
+    imgs = lambda ds: {int(ds.meta["image_index"][j]) for j in ds.indices}
     assert imgs(train) and imgs(test) and not imgs(train) & imgs(test)  # views never straddle splits
     assert len(train) + len(test) + len(ZooDataset(zoo, "val", group="image_index", fractions=(0.5, 0.25, 0.25))) == 24
     sds = {int(m["image_index"]) * 2 + int(m["view"]): sd for sd, m in zoo.state_dicts()}
