@@ -5,11 +5,27 @@
 """
 
 from . import scatter
+from .baselines import NFN, StatNN, batch_tensors
 from .context import GraphContext
 from .encoders import FourierFeatures, GraphEncoder, StructureEncoder
 from .models import GMN, NGGNN, MetaNetwork, RelationalTransformer, ScaleGMN
 from .readout import MetaOutput, apply_outputs, state_dicts
 
-__all__ = ["GMN", "NGGNN", "FourierFeatures", "GraphContext", "GraphEncoder", "MetaNetwork", "MetaOutput",
-           "RelationalTransformer", "ScaleGMN", "StructureEncoder", "apply_outputs", "scatter",
-           "state_dicts"]
+__all__ = [
+           "GMN",
+           "NFN",
+           "NGGNN",
+           "FourierFeatures",
+           "GraphContext",
+           "GraphEncoder",
+           "MetaNetwork",
+           "MetaOutput",
+           "RelationalTransformer",
+           "ScaleGMN",
+           "StatNN",
+           "StructureEncoder",
+           "apply_outputs",
+           "batch_tensors",
+           "scatter",
+           "state_dicts",
+]
