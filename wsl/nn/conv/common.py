@@ -36,7 +36,8 @@ class EdgeUpdate(nn.Module):
         self.dim = dim
         self.lin_edge = nn.Linear(dim, dim)
         self.lin_node = nn.Linear(dim, 2 * dim, bias=False)
-        self.act = act()
+        # in place when the activation allows it: z is a fresh temporary, and one E x d buffer less matters
+        self.act = act(inplace=True) if act in (nn.ReLU, nn.SiLU) else act()
         self.lin_out = nn.Linear(dim, dim, bias=False)
         self.drop = nn.Dropout(dropout) if dropout > 0 else None
         self.norm = norm_layer(dim, norm)
