@@ -6,6 +6,7 @@
     wsl inspect graph.pt                                          # table: nodes, edges, layers, symmetries
     wsl inspect CKPT --arch timm:resnet18 --plot graph.png        # also draw a (small) network's graph
     wsl demo                                                      # convert + inspect + symmetry check
+    wsl train [HYDRA OVERRIDES]                                   # train a metanetwork (configs/, Hydra)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _example_inputs(shape: str | None) -> Any:
     return (torch.zeros(dims),)
 
 
-def _load_any(path: str, arch: str | None, shape: str | None, allow_pickle: bool):  # noqa: ANN202
+def _load_any(path: str, arch: str | None, shape: str | None, allow_pickle: bool):
     from .graph import to_graph
     from .graph.arch import build_arch
     from .graph.serialize import GraphFileError, load_graph
@@ -160,10 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", default="outputs/demo_graph.safetensors")
     d.add_argument("--plot", default="outputs/demo_graph.png")
     d.set_defaults(func=cmd_demo)
+    sub.add_parser("train", help="train a metanetwork (Hydra: `wsl train model=nggnn trainer.epochs=5`, "
+                                 "`wsl train --help` for the config groups)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":  # everything after `train` belongs to Hydra
+        from .train.entry import main as train_main
+
+        sys.argv = ["wsl train", *argv[1:]]
+        train_main()
+        return 0
     args = build_parser().parse_args(argv)
     from .graph import ConversionError
     from .io import CheckpointError

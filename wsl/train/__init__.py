@@ -1,0 +1,8 @@
+"""Training metanetworks: tasks, loggers and a resumable loop (Hydra lives only in :mod:`.entry`)."""
+
+from .loggers import CSVLogger, NullLogger, WandbLogger
+from .loop import evaluate, fit
+from .tasks import Classification, Regression, kendall_tau
+
+__all__ = ["CSVLogger", "Classification", "NullLogger", "Regression", "WandbLogger", "evaluate", "fit",
+           "kendall_tau"]
