@@ -16,7 +16,7 @@ pytest.importorskip("sklearn")
 def test_resume_matches_uninterrupted(tmp_path):
     cfg = DigitsINRConfig(limit=30, steps=20)
     data = digits_inr(limit=cfg.limit, steps=cfg.steps, root=tmp_path / "zoo", progress=False)
-    kw = dict(batch_size=8, scheduler=None, seed=3, progress=False, plot=False)
+    kw = {"batch_size": 8, "scheduler": None, "seed": 3, "progress": False, "plot": False}
 
     def model():
         torch.manual_seed(0)
