@@ -112,6 +112,9 @@ def state_dicts(batch, edge_values: Tensor, bias_values: Tensor | None = None) -
         spec = specs[i]
         sd: dict[str, Tensor] = {}
         edges = ev[e0:e1]
+        buffers = None
+        if spec.num_passthrough:  # one example extraction per graph, not per pass-through tensor
+            buffers = (batch.get_example(i) if getattr(batch, "ptr", None) is not None else batch).buffers
         for key in spec.keys:
             if key in spec.aliases:
                 sd[key] = sd[spec.aliases[key]]
@@ -126,8 +129,7 @@ def state_dicts(batch, edge_values: Tensor, bias_values: Tensor | None = None) -
                 else:
                     v = batch.x[atoms, t.column].to(ev.dtype)
             else:
-                ex = batch.get_example(i) if getattr(batch, "ptr", None) is not None else batch
-                v = ex.buffers[t.offset : t.offset + t.numel].to(t.dtype)
+                v = buffers[t.offset : t.offset + t.numel].to(t.dtype)
                 sd[key] = v.reshape(t.shape)
                 continue
             sd[key] = v.reshape(t.shape)
