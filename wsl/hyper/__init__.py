@@ -1,0 +1,1 @@
+"""Graph hypernetworks (GHN-2, GHN-3, LoGAH decoders) and MIP hypernetworks."""
