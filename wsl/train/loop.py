@@ -9,6 +9,8 @@
 * **Early stopping** on the task's validation metric (``patience`` epochs without improvement); the best
   weights are restored for the final test evaluation.
 * **Metrics** to a logger (CSV / wandb / none), progress bars, PNG learning curves at the end.
+* **Multi-process** under ``torchrun`` (see :mod:`wsl.train.distributed`): each global batch is split over
+  the ranks and gradients are averaged exactly, so K processes train the same model as one process would.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from . import distributed as ddp
 from .loggers import NullLogger
 from .tasks import Task
 
@@ -32,6 +35,16 @@ def _loader(ds: Dataset, batch_size: int, order: list[int] | None):
     from torch_geometric.loader import DataLoader
 
     return DataLoader(ds, batch_size=batch_size, sampler=order if order is not None else range(len(ds)))
+
+
+def _global_batches(ds: Dataset, order: list[int], batch_size: int, d: ddp.Dist):
+    """``(local batch or None, local count, global count)`` for each global batch of ``order``."""
+    from torch_geometric.data import Batch
+
+    for s in range(0, len(order), batch_size):
+        glob = order[s : s + batch_size]
+        mine = ddp.local_part(glob, d)
+        yield (Batch.from_data_list([ds[i] for i in mine]) if mine else None), len(mine), len(glob)
 
 
 def _bar(iterable, total: int, desc: str, enabled: bool):
@@ -74,8 +87,12 @@ def _better(a: float, b: float | None, mode: str) -> bool:
 def fit(model: nn.Module, task: Task, data: Mapping[str, Dataset], *, out_dir: str | Path, epochs: int = 30,
         batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0, scheduler: str | None = "cosine",
         grad_clip: float | None = 1.0, seed: int = 0, patience: int | None = None, resume: bool = True,
-        logger: Any = None, progress: bool = True, device: str = "cpu", plot: bool = True) -> dict[str, Any]:
+        logger: Any = None, progress: bool = True, device: str = "cpu", plot: bool = True,
+        distributed: bool | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data["train"]``, select on ``data["val"]``, report ``data["test"]``.
+
+    ``distributed``: ``None`` joins a torchrun process group when ``WORLD_SIZE`` > 1 (``False`` never does).
+    Under torchrun every rank must call ``fit`` with the same arguments; rank 0 writes files and logs.
 
     Returns ``{"test": metrics, "val": best validation metrics, "best_epoch", "epochs_run", "checkpoint",
     "plot", "seconds"}``.
@@ -83,9 +100,12 @@ def fit(model: nn.Module, task: Task, data: Mapping[str, Dataset], *, out_dir: s
     missing = [k for k in ("train", "val", "test") if k not in data]
     if missing:
         raise KeyError(f"fit needs train / val / test datasets; missing {missing}")
+    d = ddp.setup(device) if distributed is not False else ddp.Dist()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    logger = logger or NullLogger()
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    logger = (logger or NullLogger()) if d.main else NullLogger()
+    progress = progress and d.main
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1)) if scheduler == "cosine" else None
@@ -106,6 +126,7 @@ def fit(model: nn.Module, task: Task, data: Mapping[str, Dataset], *, out_dir: s
     else:
         torch.manual_seed(seed)
         best_state = None
+    ddp.broadcast_module(model, d)
     t0 = time.perf_counter()
     train = data["train"]
     while state["epoch"] < epochs and not (patience is not None and state["bad"] >= patience):
@@ -114,18 +135,26 @@ def fit(model: nn.Module, task: Task, data: Mapping[str, Dataset], *, out_dir: s
         model.train()
         total, count = 0.0, 0
         steps = math.ceil(len(train) / batch_size)
-        for batch in _bar(_loader(train, batch_size, order), steps, f"epoch {epoch + 1}/{epochs}", progress):
-            batch = batch.to(device)
+        batches = _global_batches(train, order, batch_size, d)
+        for batch, n_local, n_global in _bar(batches, steps, f"epoch {epoch + 1}/{epochs}", progress):
             opt.zero_grad(set_to_none=True)
-            loss, _, _ = task.loss(model, batch)
-            loss.backward()
+            if batch is not None:
+                loss, _, _ = task.loss(model, batch.to(device))
+                loss.backward()
+                total += float(loss.detach()) * n_local
+                count += n_local
+            ddp.average_gradients(model, n_local, n_global, d)
             if grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
-            total += float(loss.detach()) * batch.num_graphs
-            count += batch.num_graphs
         if sched is not None:
             sched.step()
+        if d.active:
+            import torch.distributed as dist
+
+            sums = torch.tensor([total, float(count)], dtype=torch.float64)
+            dist.all_reduce(sums)
+            total, count = float(sums[0]), int(sums[1])
         val = evaluate(model, task, data["val"], device=device)
         row = {"epoch": epoch + 1, "train_loss": total / max(count, 1), **{f"val_{k}": v for k, v in val.items()},
                "lr": opt.param_groups[0]["lr"]}
@@ -137,20 +166,24 @@ def fit(model: nn.Module, task: Task, data: Mapping[str, Dataset], *, out_dir: s
         else:
             state["bad"] += 1
         state["epoch"] = epoch + 1
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "scheduler": sched.state_dict() if sched is not None else None, "rng": torch.get_rng_state(),
-                      "state": state, "best_model": best_state}, ckpt)
+        if d.main:
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict() if sched is not None else None,
+                          "rng": torch.get_rng_state(), "state": state, "best_model": best_state}, ckpt)
+        ddp.barrier(d)
         if progress:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
             print(f"epoch {epoch + 1}: {shown}", flush=True)
     if best_state is not None:
         model.load_state_dict(best_state)
-        _atomic_save(best_state, out / "best.pt")
+        if d.main:
+            _atomic_save(best_state, out / "best.pt")
     test = evaluate(model, task, data["test"], device=device)
     logger.log({f"test_{k}": v for k, v in test.items()}, step=state["epoch"] + 1)
     logger.finish()
     best_val = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), {})
-    png = plot_history(state["history"], out / "curves.png") if plot else None
+    png = plot_history(state["history"], out / "curves.png") if plot and d.main else None
+    ddp.barrier(d)
     return {"test": test, "val": best_val, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
             "checkpoint": str(ckpt), "plot": str(png) if png else None, "seconds": time.perf_counter() - t0}
 
