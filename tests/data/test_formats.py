@@ -1,0 +1,156 @@
+"""Loaders of the published zoos, on tiny fixtures written in exactly those on-disk formats."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from tests.data import fixtures
+from wsl.data.formats import ZooFormatError, small_cnn_zoo
+from wsl.graph.convert import from_graph
+from wsl.io import CheckpointError
+
+
+def _assert_round_trip(recs, i: int) -> None:
+    """graph(i) -> state dict is bit-identical to the loaded weights, and the module carrying them works."""
+    sd = recs.state_dict(i)
+    g = recs.graph(i)
+    back = g.to_state_dict()
+    assert set(back) == set(sd)
+    for k in sd:
+        assert torch.equal(back[k], sd[k]), k
+    assert float(g.y) == float(recs.labels[i])
+    model = from_graph(g, recs.architecture_of(i))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k])
+
+
+# ---------------------------------------------------------------- Small CNN Zoo
+def _reference_forward(flat: np.ndarray, layout: list[tuple], x_nhwc: np.ndarray, act) -> np.ndarray:
+    """The TF network computed directly from the flat TF-layout vector: NHWC VALID stride-2 convs, GAP, dense."""
+    params, start = {}, 0
+    for name, shape in layout:
+        size = int(np.prod(shape))
+        params[name] = flat[start:start + size].reshape(shape).astype(np.float64)
+        start += size
+    h = x_nhwc.astype(np.float64)
+    for layer in ("conv2d", "conv2d_1", "conv2d_2"):
+        k, b = params[f"sequential/{layer}/kernel:0"], params[f"sequential/{layer}/bias:0"]
+        kh, kw, _, cout = k.shape
+        oh, ow = (h.shape[1] - kh) // 2 + 1, (h.shape[2] - kw) // 2 + 1
+        out = np.zeros((h.shape[0], oh, ow, cout))
+        for i in range(oh):
+            for j in range(ow):
+                patch = h[:, 2 * i:2 * i + kh, 2 * j:2 * j + kw, :]  # [n, kh, kw, cin]
+                out[:, i, j, :] = np.einsum("nhwc,hwco->no", patch, k) + b
+        h = act(out)
+    g = h.mean(axis=(1, 2))
+    return g @ params["sequential/dense/kernel:0"] + params["sequential/dense/bias:0"]
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_small_cnn_zoo_tf_layout_computes_the_tf_function(tmp_path, in_channels):
+    info = fixtures.write_small_cnn_zoo(tmp_path, in_channels=in_channels)
+    recs = small_cnn_zoo.load(tmp_path, split="none")
+    x = np.random.default_rng(1).normal(size=(2, 17, 19, in_channels)).astype(np.float32)
+    acts = {"relu": lambda v: np.maximum(v, 0), "tanh": np.tanh}
+    for i in range(len(recs)):
+        row = recs.metadata["row"][i]
+        ref = _reference_forward(info["weights"][row], info["layout"], x, acts[recs.metadata["config.activation"][i]])
+        with torch.no_grad():
+            out = recs.model(i)(torch.from_numpy(x).permute(0, 3, 1, 2)).double().numpy()
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    # a wrong transposition (HWIO read as OIHW-reshaped) must not pass the same check
+    sd = recs.state_dict(0)
+    bad = recs.model(0)
+    with torch.no_grad():
+        bad.convs[1].weight.copy_(sd["convs.1.weight"].transpose(2, 3))
+        out = bad(torch.from_numpy(x).permute(0, 3, 1, 2)).double().numpy()
+    ref = _reference_forward(info["weights"][recs.metadata["row"][0]], info["layout"], x,
+                             acts[recs.metadata["config.activation"][0]])
+    assert not np.allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_small_cnn_zoo_filters_labels_splits_and_round_trip(tmp_path):
+    info = fixtures.write_small_cnn_zoo(tmp_path, runs=10, nan_rows=(5,), nan_acc_rows=(8,))
+    recs = small_cnn_zoo.load(tmp_path)
+    steps = info["steps"]
+    final_rows = [i for i in range(30) if i % 3 == 2 and i not in (5, 8)]  # step 86, finite weights and label
+    assert recs.metadata["row"] == final_rows
+    assert set(recs.metadata["step"]) == {86}
+    assert torch.allclose(recs.labels, torch.tensor([0.1 + 0.01 * r for r in final_rows]))
+    assert recs.metadata["config.activation"][:2] == ["relu", "tanh"]
+    assert len(recs.archs) == 2 and recs.arch_index.tolist()[:2] == [0, 1]
+    # NFN split: second half test, first half 80/20 train/val; a partition
+    sp = recs.splits
+    n = len(recs)
+    assert sp["test"].tolist() == list(range(n // 2, n))
+    assert sorted(sp["train"].tolist() + sp["val"].tolist()) == list(range(n // 2))
+    assert len(sp["train"]) == int(0.8 * (n // 2))
+    for i in range(len(recs)):
+        _assert_round_trip(recs, i)
+    # every step, no filtering
+    all_recs = small_cnn_zoo.load(tmp_path, step=None, drop_nan=False, split="grouped")
+    assert len(all_recs) == 30 and steps == (0, 20, 86)
+    # grouped split keeps checkpoints of one run together
+    sp = all_recs.splits
+    where = {}
+    for s, idx in sp.items():
+        for i in idx.tolist():
+            where.setdefault(all_recs.metadata["modeldir"][i], set()).add(s)
+    assert all(len(v) == 1 for v in where.values())
+
+
+def test_small_cnn_zoo_plugs_into_zoo_dataset(tmp_path):
+    from wsl.data.dataset import ZooDataset
+
+    fixtures.write_small_cnn_zoo(tmp_path, runs=8)
+    recs = small_cnn_zoo.load(tmp_path)
+    relu = recs.where(lambda r: r["config.activation"] == "relu")
+    ds = ZooDataset(relu, split="all")
+    assert len(ds) == len(relu) == 4
+    g = ds[1]
+    assert torch.equal(g.edge_attr[:, 0], relu.graph(1).edge_attr[:, 0])
+    assert float(g.y) == pytest.approx(float(relu.labels[1]))
+    with pytest.raises(ValueError, match="different architectures"):
+        recs.architecture()
+
+
+def test_small_cnn_zoo_errors_name_the_file(tmp_path):
+    fixtures.write_small_cnn_zoo(tmp_path)
+    (tmp_path / "metrics.csv.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ZooFormatError, match="metrics.csv.gz"):
+        small_cnn_zoo.load(tmp_path)
+    fixtures.write_small_cnn_zoo(tmp_path)
+    with gzip.open(tmp_path / "metrics.csv.gz", "wt") as f:
+        f.write(",step,test_accuracy\n0,86,0.5\n")
+    with pytest.raises(ZooFormatError, match="rows but weights.npy"):
+        small_cnn_zoo.load(tmp_path)
+    fixtures.write_small_cnn_zoo(tmp_path)
+    np.save(tmp_path / "weights.npy", np.zeros((18, 7), dtype=np.float32))
+    with pytest.raises(ZooFormatError, match="weights.npy"):
+        small_cnn_zoo.load(tmp_path)
+    fixtures.write_small_cnn_zoo(tmp_path)
+    (tmp_path / "layout.csv").unlink()
+    with pytest.raises(ZooFormatError, match="layout.csv: missing"):
+        small_cnn_zoo.load(tmp_path)
+    fixtures.write_small_cnn_zoo(tmp_path)
+    text = (tmp_path / "layout.csv").read_text().replace("dense/kernel", "batch_normalization/gamma")
+    (tmp_path / "layout.csv").write_text(text)
+    with pytest.raises(ZooFormatError, match="batch_normalization"):
+        small_cnn_zoo.load(tmp_path)
+
+
+def test_small_cnn_zoo_nfn_order_file(tmp_path):
+    fixtures.write_small_cnn_zoo(tmp_path, runs=4)
+    order = list(reversed(range(12)))
+    (tmp_path / "split.csv").write_text("\n".join(map(str, order)) + "\n")
+    recs = small_cnn_zoo.load(tmp_path, order_csv=tmp_path / "split.csv")
+    assert recs.metadata["row"] == [11, 8, 5, 2]
+    (tmp_path / "bad.csv").write_text("0\n0\n1\n")
+    with pytest.raises(ZooFormatError, match="bad.csv"):
+        small_cnn_zoo.load(tmp_path, order_csv=tmp_path / "bad.csv")
+    _ = CheckpointError  # imported for the other loaders' tests
