@@ -201,3 +201,12 @@ def write_cnn_wild_park(root: Path, *, trials: int = 4, ckpts: int = 2) -> dict:
                                                              "test/loss": 1.5}}, d / "checkpoint.pt")
             states[(t, k)] = model.state_dict()
     return {"states": states}
+
+
+class Evil:
+    """An object whose unpickling would run code (``os.system``): loaders must refuse, never execute it."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /dev/null",))

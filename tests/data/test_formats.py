@@ -154,3 +154,95 @@ def test_small_cnn_zoo_nfn_order_file(tmp_path):
     with pytest.raises(ZooFormatError, match="bad.csv"):
         small_cnn_zoo.load(tmp_path, order_csv=tmp_path / "bad.csv")
     _ = CheckpointError  # imported for the other loaders' tests
+
+
+# ---------------------------------------------------------------- DWSNets INRs
+def test_dws_mnist_inrs(tmp_path):
+    from wsl.data.formats import dws_inr
+
+    info = fixtures.write_dws_mnist(tmp_path)  # absolute author paths in the JSON: resolved under root
+    recs = dws_inr.load(tmp_path, "mnist_splits.json")
+    assert len(recs) == 9
+    assert {k: len(v) for k, v in recs.splits.items()} == {"train": 3, "val": 3, "test": 3}
+    assert recs.labels.tolist() == [int(x) for s in ("train", "val", "test") for x in info["split"][s]["label"]]
+    assert recs.metadata["image_id"] == list(range(9))
+    for i in range(len(recs)):
+        assert torch.equal(recs.state_dict(i)["seq.1.weight"], info["states"][recs.metadata["path"][i]]["seq.1.weight"])
+        _assert_round_trip(recs, i)
+    # the module computes DWSNets' INR: seq(x) + 0.5 with sin(30 (W x + b)) hidden layers
+    sd, x = recs.state_dict(0), torch.rand(5, 2)
+    h = torch.sin(30 * (x @ sd["seq.0.weight"].T + sd["seq.0.bias"]))
+    h = torch.sin(30 * (h @ sd["seq.1.weight"].T + sd["seq.1.bias"]))
+    ref = h @ sd["seq.2.weight"].T + sd["seq.2.bias"] + 0.5
+    assert torch.allclose(recs.model(0)(x), ref, atol=1e-6)
+    assert recs.split("test").labels.tolist() == recs.labels[6:].tolist()
+
+
+def test_dws_fmnist_labels_from_files(tmp_path):
+    from wsl.data.formats import dws_inr
+
+    info = fixtures.write_dws_fmnist(tmp_path)
+    recs = dws_inr.load(tmp_path, "fmnist_inrs/splits.json")
+    assert len(recs) == 6
+    assert recs.labels.tolist() == [info["labels"][p.split("fmnist_inrs/")[1]] for p in recs.metadata["path"]]
+    assert "label" not in recs.state_dict(0)
+    _assert_round_trip(recs, 3)
+
+
+def test_dws_errors(tmp_path):
+    from wsl.data.formats import dws_inr
+
+    fixtures.write_dws_mnist(tmp_path, absolute=False)
+    with pytest.raises(ZooFormatError, match="nope.json: missing"):
+        dws_inr.load(tmp_path, "nope.json")
+    (tmp_path / "broken.json").write_text('{"train": {"path": ["a.pth"], "label": [1, 2]}}')
+    with pytest.raises(ZooFormatError, match="1 paths but 2 labels"):
+        dws_inr.load(tmp_path, "broken.json")
+    (tmp_path / "missing.json").write_text('{"train": {"path": ["mnist-inrs/gone.pth"], "label": [1]}}')
+    with pytest.raises(ZooFormatError, match="gone.pth"):
+        dws_inr.load(tmp_path, "missing.json")
+    recs = dws_inr.load(tmp_path, "mnist_splits.json")
+    victim = tmp_path / recs.metadata["path"][2]
+    victim.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(CheckpointError, match="model_final.pth"):
+        recs.state_dict(2)
+    # a checkpoint that needs code execution is refused, not run
+    torch.save({"seq.0.weight": torch.zeros(8, 2), "obj": fixtures.Evil()}, victim)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        recs.state_dict(2)
+
+
+# ---------------------------------------------------------------- NFN SIRENs
+def test_nfn_sirens_layout_labels_augmentations_splits(tmp_path):
+    from wsl.data.formats import nfn_siren
+
+    info = fixtures.write_nfn_sirens(tmp_path, n=12, augs=2, out=3)
+    recs = nfn_siren.load(tmp_path, split_points=(8, 10))
+    assert len(recs) == 12
+    assert recs.metadata["image_index"].tolist() == list(range(12))
+    assert recs.labels.tolist() == [(i * 7) % 10 for i in range(12)]
+    assert {k: v.tolist() for k, v in recs.splits.items()} == {"train": list(range(8)), "val": [8, 9], "test": [10, 11]}
+    for i in (0, 11):
+        assert torch.equal(recs.state_dict(i)["net.2.weight"], info["states"][(0, i)]["net.2.weight"])
+        _assert_round_trip(recs, i)
+    assert recs.model(0)(torch.rand(4, 2)).shape == (4, 3)
+    aug = nfn_siren.load(tmp_path, augmentations=2, split_points=(8, 10))
+    assert len(aug) == 12 + 2 * 8  # augmented views of training images only
+    train = aug.split("train")
+    assert len(train) == 24 and sorted(set(train.metadata["view"].tolist())) == [0, 1, 2]
+    j = next(i for i in range(len(aug)) if int(aug.metadata["view"][i]) == 2 and int(aug.metadata["image_index"][i]) == 5)
+    assert torch.equal(aug.state_dict(j)["net.0.linear.bias"], info["states"][(2, 5)]["net.0.linear.bias"])
+    assert int(aug.labels[j]) == (5 * 7) % 10
+    with pytest.raises(ZooFormatError, match="randinit_smaller_aug2"):
+        nfn_siren.load(tmp_path, augmentations=3)
+
+
+def test_nfn_siren_errors(tmp_path):
+    from wsl.data.formats import nfn_siren
+
+    with pytest.raises(ZooFormatError, match="not a directory"):
+        nfn_siren.load(tmp_path / "absent")
+    fixtures.write_nfn_sirens(tmp_path, n=3, augs=0)
+    torch.save({"net.0.weight": torch.zeros(2, 2)}, tmp_path / "randinit_smaller_0s" / "net0.pth")
+    with pytest.raises(ZooFormatError, match="not an NFN SIREN"):
+        nfn_siren.load(tmp_path)
