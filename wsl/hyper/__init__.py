@@ -1,1 +1,42 @@
-"""Graph hypernetworks (GHN-2, GHN-3, LoGAH decoders) and MIP hypernetworks."""
+"""Graph hypernetworks (GHN-2, GHN-3, LoGAH decoders) and MIP hypernetworks.
+
+::
+
+    from wsl.hyper import predict_parameters, GHN2, comp_graph, sample_architectures
+    model, report = predict_parameters(model, hypernet="ghn2-digits")   # packaged, offline
+    g = comp_graph(model)                                               # op-level computational graph
+    ghn = GHN2(hidden=64, decoder="lowrank"); params = ghn([m1, m2])    # differentiable predictions
+    ghn.save_pretrained("my_ghn"); GHN2.from_pretrained("my_ghn")
+"""
+
+from .api import (
+    PredictionReport,
+    calibrate_norm_stats,
+    load_hypernet,
+    predict_parameters,
+)
+from .compgraph import OP_TYPES, CompGraph, comp_graph
+from .decoders import LowRankDecoder, TiledDecoder
+from .ghn import GHN2, GHN3, GraphHyperNetwork
+from .hub import HypernetError, from_pretrained, packaged
+from .sampler import ArchConfig, sample_architectures
+
+__all__ = [
+    "GHN2",
+    "GHN3",
+    "OP_TYPES",
+    "ArchConfig",
+    "CompGraph",
+    "GraphHyperNetwork",
+    "HypernetError",
+    "LowRankDecoder",
+    "PredictionReport",
+    "TiledDecoder",
+    "calibrate_norm_stats",
+    "comp_graph",
+    "from_pretrained",
+    "load_hypernet",
+    "packaged",
+    "predict_parameters",
+    "sample_architectures",
+]

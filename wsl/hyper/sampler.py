@@ -233,7 +233,8 @@ def sample_architectures(n: int, split: str = "train", generator: torch.Generato
                          build: bool = True) -> list[nn.Module] | list[ArchConfig]:
     """``n`` architectures of ``split`` (``"train"`` | ``"test"`` | ``"ood"``), as modules (or configs).
 
-    Modules carry their :class:`ArchConfig` as ``module.arch_config``. Deterministic in ``generator``.
+    Modules carry their :class:`ArchConfig` as ``module.arch_config`` and a tracing input as
+    ``module.example_inputs``. Deterministic in ``generator``.
     """
     if split not in FAMILIES:
         raise ValueError(f"unknown split {split!r}; choose one of {sorted(FAMILIES)}")
@@ -257,5 +258,6 @@ def sample_architectures(n: int, split: str = "train", generator: torch.Generato
     for cfg in out:
         m = cfg.build()
         m.arch_config = cfg  # type: ignore[assignment]
+        m.example_inputs = (torch.zeros(1, *IN_SHAPE),)  # type: ignore[assignment]
         models.append(m)
     return models

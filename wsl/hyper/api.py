@@ -1,0 +1,194 @@
+"""``predict_parameters``: give any model parameters predicted by a graph hypernetwork, with a full report.
+
+::
+
+    model, report = wsl.hyper.predict_parameters(model, hypernet="ghn2-digits")
+    print(report)                 # every state-dict entry: predicted, not predicted (why), or buffer handling
+
+Nothing is skipped silently: every key of ``model.state_dict()`` appears in exactly one of
+``report.predicted``, ``report.not_predicted`` (with the reason; those tensors keep their current values) and
+``report.buffers`` (what was done: BatchNorm running statistics are reset, because statistics of the old
+weights do not describe the predicted ones; recompute them with :func:`calibrate_norm_stats`).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .ghn import GraphHyperNetwork, graph_of
+from .hub import from_pretrained
+
+DEFAULT_HYPERNET = "ghn2-digits"
+
+
+@dataclass
+class PredictionReport:
+    """Where every state-dict entry of a model stands after :func:`predict_parameters`."""
+
+    model: str
+    hypernet: str
+    predicted: dict[str, str] = field(default_factory=dict)  # name -> how (op, shape, tiling)
+    not_predicted: dict[str, str] = field(default_factory=dict)  # name -> why (value kept)
+    buffers: dict[str, str] = field(default_factory=dict)  # name -> what was done
+    keys: list[str] = field(default_factory=list)  # the model's state-dict keys
+
+    @property
+    def complete(self) -> bool:
+        """Every state-dict key is accounted for exactly once."""
+        seen = list(self.predicted) + list(self.not_predicted) + list(self.buffers)
+        return sorted(seen) == sorted(self.keys) and len(seen) == len(set(seen))
+
+    def num_predicted_elements(self, model: nn.Module) -> int:
+        sd = model.state_dict()
+        return sum(sd[k].numel() for k in self.predicted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "hypernet": self.hypernet, "predicted": self.predicted,
+                "not_predicted": self.not_predicted, "buffers": self.buffers}
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    def __str__(self) -> str:
+        lines = [(f"{self.model}: {len(self.predicted)} tensors predicted by {self.hypernet}, "
+                 f"{len(self.not_predicted)} not predicted, {len(self.buffers)} buffers")]
+        for title, d in (("not predicted", self.not_predicted), ("buffers", self.buffers)):
+            if d:
+                lines.append(f"{title}:")
+                lines += [f"  {k}: {v}" for k, v in d.items()]
+        return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str) -> GraphHyperNetwork:
+    return from_pretrained(name)
+
+
+def load_hypernet(hypernet: str | os.PathLike | GraphHyperNetwork) -> GraphHyperNetwork:
+    """A hypernetwork object from a packaged name, a directory written by ``save_pretrained``, or itself."""
+    if isinstance(hypernet, GraphHyperNetwork):
+        return hypernet
+    if isinstance(hypernet, (str, os.PathLike)):
+        return _load_cached(os.fspath(hypernet))
+    raise TypeError(f"hypernet must be a packaged name, a directory or a GraphHyperNetwork, not {type(hypernet).__name__}")
+
+
+def _tile_note(shape: tuple[int, ...], hn: GraphHyperNetwork) -> str:
+    cfg = hn.config
+    big = len(shape) >= 2 and (shape[0] > cfg["tile_out"] or int(torch.Size(shape[1:]).numel()) > cfg["tile_in"])
+    big = big or (len(shape) == 1 and shape[0] > cfg["tile_out"])
+    return "tiled (larger than the decoder's tile)" if big else "sliced from the decoder's tile"
+
+
+def predict_parameters(model: nn.Module, hypernet: str | os.PathLike | GraphHyperNetwork = DEFAULT_HYPERNET, *,
+                       example_inputs: Any = None, inplace: bool = False,
+                       predict_unknown_ops: bool = False) -> tuple[nn.Module, PredictionReport]:
+    """Predict all parameters of ``model`` with a graph hypernetwork.
+
+    Args:
+        model: any ``nn.Module`` that :func:`wsl.to_graph` can trace (torchvision, timm, HF, own code).
+        hypernet: packaged name (see :func:`wsl.hyper.hub.packaged`), a ``save_pretrained`` directory, or a
+            :class:`~wsl.hyper.ghn.GraphHyperNetwork`.
+        example_inputs: inputs used to trace ``model`` (default: ``model.example_inputs`` or a guess).
+        inplace: write into ``model`` itself (default: into a deep copy).
+        predict_unknown_ops: also predict parameters owned by ops outside the hypernetwork's vocabulary
+            (op type ``other``); by default they keep their values and are reported.
+
+    Returns:
+        ``(model_with_predicted_parameters, PredictionReport)``.
+    """
+    hn = load_hypernet(hypernet)
+    hn_name = hypernet if isinstance(hypernet, (str, os.PathLike)) else type(hn).__name__
+    target = model if inplace else copy.deepcopy(model)
+    state_keys = list(target.state_dict().keys())
+    report = PredictionReport(type(target).__name__, os.fspath(hn_name), keys=state_keys)
+    g = graph_of(target, example_inputs, hn.input_shape)
+    params = dict(target.named_parameters(remove_duplicate=False))
+    dev = next(hn.parameters()).device
+    with torch.no_grad():
+        was = hn.training
+        hn.eval()
+        try:
+            pred = hn.to(dev)([target], example_inputs)[0]
+        finally:
+            hn.train(was)
+        for name, w in pred.items():
+            node = g.owned[name]
+            op = g.op_names[node]
+            if op == "other" and not predict_unknown_ops:
+                report.not_predicted[name] = (
+                    f"owned by op {g.labels[node]!r}, unknown to the hypernetwork's op vocabulary: kept its "
+                    "current value (pass predict_unknown_ops=True to predict it anyway)")
+                continue
+            params[name].copy_(w.to(params[name].device))
+            note = f"{op} op {g.labels[node]!r}, shape {tuple(w.shape)}, {_tile_note(tuple(w.shape), hn)}"
+            if name in g.shared:
+                note += f"; also used by {', '.join(g.labels[n] for n in g.shared[name])}"
+            report.predicted[name] = note
+    _account_rest(target, g, pred, report)
+    return target, report
+
+
+def _account_rest(model: nn.Module, g: Any, pred: dict[str, Tensor], report: PredictionReport) -> None:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffer_names = {k for k, _ in model.named_buffers(remove_duplicate=False)}
+    reset_modules: dict[str, nn.Module] = {}
+    for mname, m in model.named_modules(remove_duplicate=False):
+        if hasattr(m, "reset_running_stats") and getattr(m, "track_running_stats", False):
+            reset_modules[mname] = m
+    for mod in reset_modules.values():
+        mod.reset_running_stats()
+    for key in report.keys:
+        if key in report.predicted or key in report.not_predicted:
+            continue
+        if key in buffer_names:
+            owner = key.rsplit(".", 1)[0] if "." in key else ""
+            if owner in reset_modules:
+                what = {"running_mean": "reset to 0", "running_var": "reset to 1",
+                        "num_batches_tracked": "reset to 0"}.get(key.rsplit(".", 1)[-1], "reset")
+                report.buffers[key] = (f"{what}: running statistics of other weights do not fit predicted ones; "
+                                       "recompute with wsl.hyper.calibrate_norm_stats(model, batches)")
+            else:
+                report.buffers[key] = "kept: a buffer, not a learnable parameter"
+            continue
+        if key in g.aliases and g.aliases[key] in pred:
+            report.predicted[key] = f"shares storage with {g.aliases[key]} (predicted through it)"
+        elif key in params and not params[key].is_floating_point():
+            report.not_predicted[key] = f"{params[key].dtype} parameter: hypernetworks predict floating-point tensors only"
+        elif key in g.unused:
+            report.not_predicted[key] = "never used by the traced forward pass: kept its current value"
+        elif key in g.owned:
+            report.not_predicted[key] = f"owned by {g.labels[g.owned[key]]!r} but not decoded: kept its current value"
+        else:
+            report.not_predicted[key] = "not reached by tracing: kept its current value"
+
+
+@torch.no_grad()
+def calibrate_norm_stats(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
+    """Recompute BatchNorm / InstanceNorm running statistics as exact averages over ``batches`` (in place)."""
+    norms = [m for m in model.modules() if hasattr(m, "reset_running_stats") and getattr(m, "track_running_stats", False)]
+    saved = [(m, m.momentum) for m in norms]
+    modes = {m: m.training for m in model.modules()}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    try:
+        for b in batches:
+            model(*b) if isinstance(b, (tuple, list)) else model(b)
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        for m, t in modes.items():
+            m.training = t
+    return model
