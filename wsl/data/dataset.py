@@ -6,6 +6,10 @@
 * **Conversion once**: the architecture is traced once; every checkpoint becomes a graph by copying its
   weights. Converted weights are cached as one safetensors file per zoo (``edge_attr`` / ``x`` stacked),
   so later runs skip reading and converting checkpoints.
+* **Mixed architectures**: a source with ``num_architectures > 1`` (e.g. the digits-CNN zoo) gives every
+  model a meta field ``arch``; each architecture is built (``architecture(i)``) and traced once, on first
+  use, and the converted weights are stored ragged (flat ``edge_attr`` / ``x`` plus ``edge_ptr`` / ``x_ptr``
+  offsets). Batches of such a dataset mix architectures, which the metanetworks of :mod:`wsl.nn` accept.
 * **Fixed splits** by a seeded shuffle of *groups* (e.g. the image an INR was fitted to, so its views never
   straddle train and test), identical on every machine.
 * **Normalization**: :meth:`weight_stats` fits :class:`~wsl.nn.stats.WeightStats` on the training split.
@@ -27,6 +31,7 @@ from torch.utils.data import Dataset
 
 from ..graph.convert import to_graph, trace
 from ..graph.paramgraph import ParamGraph
+from ..graph.spec import NetworkSpec
 
 SPLITS = ("train", "val", "test")
 
@@ -44,7 +49,7 @@ def split_indices(groups: Tensor, fractions: Sequence[float] = (0.8, 0.1, 0.1), 
 
 
 class ZooDataset(Dataset):
-    """ParamGraphs of one split of a single-architecture zoo; ``dataset[i]`` is a graph with ``.y``.
+    """ParamGraphs of one split of a zoo; ``dataset[i]`` is a graph with ``.y``.
 
     Args:
         source: a zoo source (``architecture()`` + ``state_dicts()``), e.g. ``generate_digits_inr(cfg)``.
@@ -62,24 +67,51 @@ class ZooDataset(Dataset):
         if split not in (*SPLITS, "all"):
             raise ValueError(f"split must be one of {(*SPLITS, 'all')}, got {split!r}")
         self.source, self.split, self.transform = source, split, transform
-        self.model: nn.Module = source.architecture()
-        self.spec = trace(self.model)
+        self.mixed = getattr(source, "num_architectures", 1) > 1
+        self._models: dict[int, nn.Module] = {}
+        self._specs: dict[int, NetworkSpec] = {}
+        self._templates: dict[int, ParamGraph] = {}
+        self.edge_ptr: Tensor | None = None
+        self.x_ptr: Tensor | None = None
+        # single architecture: ``model`` / ``spec``; mixed: None, see :meth:`architecture` / :meth:`spec_of`
+        self.model: nn.Module | None = None if self.mixed else source.architecture()
+        self.spec: NetworkSpec | None = None if self.mixed else trace(self.model)
         edge, x, meta = self._load(cache)
         if label not in meta:
             raise KeyError(f"zoo has no meta field {label!r} to use as label; fields: {sorted(meta)}")
         self.edge_attr, self.x, self.meta = edge, x, meta
         self.labels = meta[label]
-        groups = meta[group] if group is not None else torch.arange(len(edge))
+        if group is not None and group not in meta:
+            raise KeyError(f"zoo has no meta field {group!r} to group splits by; fields: {sorted(meta)}")
+        groups = meta[group] if group is not None else torch.arange(self._num_items())
         self.splits = split_indices(groups, fractions, seed)
-        self.indices = torch.arange(len(edge)) if split == "all" else self.splits[split]
+        self.indices = torch.arange(self._num_items()) if split == "all" else self.splits[split]
+
+    # ------------------------------------------------------------- architectures
+    def architecture(self, a: int = 0) -> nn.Module:
+        """The module of architecture ``a`` (a model's ``meta["arch"]`` in a mixed zoo), built once."""
+        if not self.mixed:
+            return self.model
+        if a not in self._models:
+            self._models[a] = self.source.architecture(a)
+        return self._models[a]
+
+    def spec_of(self, a: int = 0) -> NetworkSpec:
+        """The traced spec of architecture ``a``, traced once."""
+        if not self.mixed:
+            return self.spec
+        if a not in self._specs:
+            self._specs[a] = trace(self.architecture(a))
+        return self._specs[a]
 
     # ------------------------------------------------------------- cache
     def _cache_file(self, cache: str | Path | None) -> Path | None:
         base = Path(cache) if cache is not None else getattr(self.source, "path", None)
         if base is None:
             return None
-        key = hashlib.sha1(repr((self.spec.arch, self.spec.num_nodes, self.spec.num_edges,
-                                 getattr(self.source, "manifest", {}).get("config"))).encode()).hexdigest()[:10]
+        what = ("mixed", self.source.num_architectures) if self.mixed else \
+            (self.spec.arch, self.spec.num_nodes, self.spec.num_edges)
+        key = hashlib.sha1(repr((*what, getattr(self.source, "manifest", {}).get("config"))).encode()).hexdigest()[:10]
         return Path(base) / f"graphs-{key}.safetensors"
 
     def _load(self, cache: str | Path | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -87,20 +119,32 @@ class ZooDataset(Dataset):
         complete = getattr(self.source, "complete", True)
         if file is not None and file.is_file():
             raw = load_file(str(file))
+            self.edge_ptr, self.x_ptr = raw.pop("edge_ptr", None), raw.pop("x_ptr", None)
             return raw.pop("edge_attr"), raw.pop("x"), {k[5:]: v for k, v in raw.items()}
         edges, xs, metas = [], [], []
         for sd, meta in self.source.state_dicts():
-            g = to_graph(sd, arch=self.model, spec=self.spec)
+            if self.mixed and "arch" not in meta:
+                raise KeyError(f"zoo {getattr(self.source, 'path', self.source)} holds several architectures "
+                               f"but its models lack the meta field 'arch' naming theirs")
+            a = int(meta["arch"]) if self.mixed else 0
+            g = to_graph(sd, arch=self.architecture(a), spec=self.spec_of(a))
             edges.append(g.edge_attr[:, 0])
             xs.append(g.x)
             metas.append(meta)
         if not edges:
             raise ValueError(f"zoo {getattr(self.source, 'path', self.source)} holds no models")
-        edge, x = torch.stack(edges), torch.stack(xs)
+        ptrs: dict[str, Tensor] = {}
+        if self.mixed:  # ragged: flat values + offsets
+            self.edge_ptr = torch.tensor([0] + [len(e) for e in edges]).cumsum(0)
+            self.x_ptr = torch.tensor([0] + [len(v) for v in xs]).cumsum(0)
+            edge, x = torch.cat(edges), torch.cat(xs)
+            ptrs = {"edge_ptr": self.edge_ptr, "x_ptr": self.x_ptr}
+        else:
+            edge, x = torch.stack(edges), torch.stack(xs)
         meta = {k: torch.stack([torch.as_tensor(m[k]) for m in metas]) for k in metas[0]}
         if file is not None and complete:
             tmp = file.with_name(file.name + ".tmp")
-            save_file({"edge_attr": edge, "x": x, **{f"meta.{k}": v for k, v in meta.items()}}, str(tmp))
+            save_file({"edge_attr": edge, "x": x, **ptrs, **{f"meta.{k}": v for k, v in meta.items()}}, str(tmp))
             os.replace(tmp, file)
         return edge, x, meta
 
@@ -108,19 +152,27 @@ class ZooDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _num_items(self) -> int:
+        return len(self.edge_ptr) - 1 if self.edge_ptr is not None else len(self.edge_attr)
+
     def graph(self, i: int) -> ParamGraph:
         """Item ``i`` of this split without the transform."""
         j = int(self.indices[i])
-        g = self._template().clone_structure()
-        g.edge_attr = self.edge_attr[j][:, None]
-        g.x = self.x[j]
+        if self.mixed:
+            g = self._template(int(self.meta["arch"][j])).clone_structure()
+            g.edge_attr = self.edge_attr[self.edge_ptr[j] : self.edge_ptr[j + 1], None]
+            g.x = self.x[self.x_ptr[j] : self.x_ptr[j + 1]]
+        else:
+            g = self._template().clone_structure()
+            g.edge_attr = self.edge_attr[j][:, None]
+            g.x = self.x[j]
         g.y = self.labels[j].reshape(1)
         return g
 
-    def _template(self) -> ParamGraph:
-        if not hasattr(self, "_tmpl"):
-            self._tmpl = to_graph(self.model, spec=self.spec)
-        return self._tmpl
+    def _template(self, a: int = 0) -> ParamGraph:
+        if a not in self._templates:
+            self._templates[a] = to_graph(self.architecture(a), spec=self.spec_of(a))
+        return self._templates[a]
 
     def __getitem__(self, i: int) -> ParamGraph:
         g = self.graph(i)
@@ -143,4 +195,5 @@ class ZooDataset(Dataset):
         return int(self.labels.max()) + 1
 
     def __repr__(self) -> str:
-        return f"ZooDataset(split={self.split!r}, size={len(self)}, arch={self.spec.arch!r})"
+        arch = f"{self.source.num_architectures} architectures" if self.mixed else self.spec.arch
+        return f"ZooDataset(split={self.split!r}, size={len(self)}, arch={arch!r})"

@@ -7,6 +7,11 @@ A generated zoo is a directory::
         shard_00000.safetensors  stacked state-dict tensors [n, *shape] + per-model metadata tensors
         shard_00001.safetensors  ...
 
+A zoo of one architecture names it in ``"architecture"`` and stacks each tensor over the shard's models
+(``layout: "stacked"``, the default). A zoo of *several* architectures lists them in ``"architectures"``,
+stores each model's tensors under ``"<position in shard>/<state-dict key>"`` (``layout: "per-model"``) and
+gives every model a meta field ``arch`` indexing that list; ``ZooDir.architecture(i)`` builds entry ``i``.
+
 Shards are written to a temporary file and renamed (atomic on POSIX), and the manifest is rewritten after
 each one, so a killed generation leaves only complete shards; running it again skips them and continues.
 Every model's randomness comes from a generator seeded by ``(seed, model index)``, so the result does not
@@ -114,15 +119,39 @@ class ZooDir:
     def __len__(self) -> int:
         return sum(s["count"] for s in self.manifest["shards"])
 
-    def architecture(self, *, allow_any: bool = False):
-        """A fresh module of the zoo's architecture, built by the constructor the manifest names.
+    @property
+    def num_architectures(self) -> int:
+        """How many architectures the zoo holds (``1`` for a single-architecture zoo)."""
+        return len(self.manifest.get("architectures") or [None])
 
-        Only constructors inside the ``wsl`` package are called unless ``allow_any`` (a manifest from an
-        untrusted source must not make us import and call arbitrary code).
+    @property
+    def layout(self) -> str:
+        """``"stacked"`` (one architecture, tensors ``[n, *shape]``) or ``"per-model"`` (see module docstring)."""
+        return self.manifest.get("layout", "stacked")
+
+    def architecture(self, index: int | None = None, *, allow_any: bool = False):
+        """A fresh module of the zoo's architecture ``index``, built by the constructor the manifest names.
+
+        ``index`` is required for a zoo of several architectures (a model's ``meta["arch"]``) and optional
+        (``0``) otherwise. Only constructors inside the ``wsl`` package are called unless ``allow_any`` (a
+        manifest from an untrusted source must not make us import and call arbitrary code).
         """
         import importlib
 
-        arch = self.manifest["architecture"]
+        archs = self.manifest.get("architectures")
+        if archs is None:
+            if index not in (None, 0):
+                raise IndexError(f"{self.path} holds one architecture; got index {index}")
+            arch = self.manifest["architecture"]
+        else:
+            if index is None:
+                if len(archs) != 1:
+                    raise ValueError(f"{self.path} holds {len(archs)} architectures; pass the index "
+                                     f"(a model's meta['arch']) to architecture()")
+                index = 0
+            if not 0 <= index < len(archs):
+                raise IndexError(f"architecture index {index} out of range: {self.path} lists {len(archs)}")
+            arch = archs[index]
         target = arch["constructor"]
         mod_name, _, fn_name = target.partition(":")
         if not allow_any and not (mod_name == "wsl" or mod_name.startswith("wsl.")):
@@ -137,7 +166,14 @@ class ZooDir:
 
     def state_dicts(self) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
         """``(state_dict, meta)`` per model, in model-index order."""
+        per_model = self.layout == "per-model"
         for params, meta in self.shards():
             n = next(iter(meta.values())).shape[0]
+            if per_model:
+                split: list[dict[str, Tensor]] = [{} for _ in range(n)]
+                for k, v in params.items():
+                    pos, _, key = k.partition("/")
+                    split[int(pos)][key] = v
             for i in range(n):
-                yield {k: v[i].clone() for k, v in params.items()}, {k: v[i] for k, v in meta.items()}
+                sd = split[i] if per_model else {k: v[i].clone() for k, v in params.items()}
+                yield sd, {k: v[i] for k, v in meta.items()}
