@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .dataset import ZooDataset
+from .generate.digits_cnn import DigitsCNNConfig, generate_digits_cnn
 from .generate.digits_inr import DigitsINRConfig, generate_digits_inr
 
 
@@ -17,6 +18,28 @@ def digits_inr(*, views: int = 1, steps: int = 300, lr: float = 1e-3, limit: int
     cfg = DigitsINRConfig(views=views, steps=steps, lr=lr, limit=limit, seed=seed)
     zoo = generate_digits_inr(cfg, root, progress=progress)
     data = {s: ZooDataset(zoo, s, label="label", group="image_index", fractions=tuple(fractions), seed=split_seed)
+            for s in ("train", "val", "test")}
+    if normalize:
+        stats = data["train"].weight_stats()
+        for ds in data.values():
+            ds.transform = stats
+    return data
+
+
+def digits_cnn(*, runs: int = 256, seed: int = 0, label: str = "test_accuracy", split_seed: int = 0,
+               fractions: Sequence[float] = (0.8, 0.1, 0.1), normalize: bool = True, root: str | Path | None = None,
+               progress: bool = True, **config) -> dict[str, ZooDataset]:
+    """digits-CNN generalization-prediction data: builds (or reuses) the zoo of small digit classifiers of
+    varied architecture (:mod:`wsl.data.generate.digits_cnn`), labels every checkpoint with ``label`` (its
+    test accuracy by default: a regression target), splits by *run* (all checkpoints of a run in one split),
+    and standardizes weights per architecture and tensor with statistics of the training split.
+
+    ``config``: further :class:`~wsl.data.generate.digits_cnn.DigitsCNNConfig` fields (lists become tuples).
+    """
+    extra = {k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in config.items()}
+    cfg = DigitsCNNConfig(runs=runs, seed=seed, **extra)
+    zoo = generate_digits_cnn(cfg, root, progress=progress)
+    data = {s: ZooDataset(zoo, s, label=label, group="run", fractions=tuple(fractions), seed=split_seed)
             for s in ("train", "val", "test")}
     if normalize:
         stats = data["train"].weight_stats()
