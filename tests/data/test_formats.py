@@ -246,3 +246,64 @@ def test_nfn_siren_errors(tmp_path):
     torch.save({"net.0.weight": torch.zeros(2, 2)}, tmp_path / "randinit_smaller_0s" / "net0.pth")
     with pytest.raises(ZooFormatError, match="not an NFN SIREN"):
         nfn_siren.load(tmp_path)
+
+
+# ---------------------------------------------------------------- Model Zoos
+@pytest.mark.parametrize(("kind", "dropout", "positions"), [
+    ("CNN", 0.0, [0, 3, 6, 9, 11]),       # layer_lst of the small zoos in ModelZoos' dataset_base.py
+    ("CNN3", 0.1, [0, 4, 8, 13, 16]),     # ... and of the large zoos
+    ("CNN", 0.2, [0, 4, 8, 11, 14]),
+])
+def test_model_zoos_module_list_positions(kind, dropout, positions):
+    from wsl.data.formats.model_zoos import build_model
+
+    m = build_model({"model::type": kind, "model::channels_in": 3, "model::nlin": "relu", "model::dropout": dropout})
+    assert sorted({int(k.split(".")[1]) for k in m.state_dict()}) == positions
+    size = 32 if kind == "CNN3" else 28
+    assert m(torch.zeros(2, 3, size, size)).shape == (2, 10)
+
+
+def test_model_zoos_trials_epochs_metrics_splits(tmp_path):
+    from wsl.data.formats import model_zoos
+
+    info = fixtures.write_model_zoo(tmp_path, trials=6, epochs=(0, 1, 2))
+    recs = model_zoos.load(tmp_path)
+    assert len(recs) == 6 and recs.metadata["epoch"] == [2] * 6
+    assert torch.allclose(recs.labels, torch.tensor([0.1 * t + 0.02 for t in range(6)]))
+    assert recs.metadata["config.model::nlin"] == ["tanh"] * 6 and len(recs.archs) == 1
+    for i in range(6):
+        assert torch.equal(recs.state_dict(i)["module_list.3.weight"], info["states"][(i, 2)]["module_list.3.weight"])
+        _assert_round_trip(recs, i)
+    every = model_zoos.load(tmp_path, epochs="all", label="train_acc")
+    assert len(every) == 18
+    where = {}
+    for s, idx in every.splits.items():
+        for i in idx.tolist():
+            where.setdefault(every.metadata["trial"][i], set()).add(s)
+    assert all(len(v) == 1 for v in where.values()) and len(where) == 6
+    assert model_zoos.load(tmp_path, epochs=[0, 1]).metadata["epoch"].count(1) == 6
+    # the ZooDataset path (fixed-size flatten: traced on the zoo's 28x28 input, not a 224x224 guess)
+    from wsl.data.dataset import ZooDataset
+
+    ds = ZooDataset(recs, split="all")
+    assert torch.equal(ds[0].edge_attr[:, 0], recs.graph(0).edge_attr[:, 0])
+
+
+def test_model_zoos_mixed_architectures_and_errors(tmp_path):
+    from wsl.data.formats import model_zoos
+
+    fixtures.write_model_zoo(tmp_path / "a", "CNN3", trials=2, nlin="relu", dropout=0.1, channels_in=3, pad=False)
+    recs = model_zoos.load(tmp_path / "a")
+    assert recs.metadata["epoch"] == [2, 2]
+    _assert_round_trip(recs, 1)
+    fixtures.write_model_zoo(tmp_path / "b", "MLP", trials=1)
+    _assert_round_trip(model_zoos.load(tmp_path / "b"), 0)
+    t = next((tmp_path / "b").iterdir())
+    (t / "params.json").write_text('{"model::type": "Resnet18"}')
+    with pytest.raises(ZooFormatError, match="params.json: model::type 'Resnet18' is not supported"):
+        model_zoos.load(tmp_path / "b")
+    (t / "params.json").write_text("{not json")
+    with pytest.raises(ZooFormatError, match="params.json: not valid JSON"):
+        model_zoos.load(tmp_path / "b")
+    with pytest.raises(ZooFormatError, match="no trial folders"):
+        model_zoos.load(tmp_path)

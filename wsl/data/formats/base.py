@@ -226,6 +226,25 @@ def resolve_path(p: str, bases: Sequence[Path]) -> Path:
     return bases[0].joinpath(*parts) if bases else cand
 
 
+class _ImageInput:
+    """The HF-style ``config`` that ``wsl.graph.trace.default_inputs`` reads to guess an image input."""
+
+    model_type = "wsl-zoo"
+
+    def __init__(self, num_channels: int, image_size: int) -> None:
+        self.num_channels, self.image_size = num_channels, image_size
+
+
+def set_example_image(module: nn.Module, channels: int, size: int) -> nn.Module:
+    """Make ``wsl.trace(module)`` (without ``example_inputs``) use a ``[1, channels, size, size]`` image.
+
+    Needed for CNNs that flatten a fixed-size feature map (the default guess is 224 x 224).
+    """
+    module.main_input_name = "pixel_values"
+    module.config = _ImageInput(channels, size)
+    return module
+
+
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "selu": nn.SELU, "elu": nn.ELU, "gelu": nn.GELU,
     "silu": nn.SiLU, "leakyrelu": nn.LeakyReLU, "leaky_relu": nn.LeakyReLU, "celu": nn.CELU,

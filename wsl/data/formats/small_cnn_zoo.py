@@ -42,6 +42,7 @@ from .base import (
     activation,
     require_file,
     seeded_group_split,
+    set_example_image,
 )
 
 _VAR = re.compile(r"^(?:.*/)?(conv2d|dense)(?:_(\d+))?/(kernel|bias):0$")
@@ -61,23 +62,12 @@ class SmallCNN(nn.Module):
         self.act = activation(act)
         self.fc = nn.Linear(dims[-1], num_classes)
         self.activation_name = act
-        # lets wsl.trace guess a small image input (global pooling makes the size otherwise irrelevant)
-        self.main_input_name = "pixel_values"
-        self.config = _InputConfig(in_channels, 32)
+        set_example_image(self, in_channels, 32)  # traced on a small image (global pooling: any size works)
 
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:
             x = self.act(conv(x))
         return self.fc(x.mean(dim=(2, 3)))
-
-
-class _InputConfig:
-    """The HF-style ``config`` that ``wsl.graph.trace.default_inputs`` reads to guess an image input."""
-
-    model_type = "wsl-zoo"
-
-    def __init__(self, num_channels: int, image_size: int) -> None:
-        self.num_channels, self.image_size = num_channels, image_size
 
 
 # ---------------------------------------------------------------------- layout
