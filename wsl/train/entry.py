@@ -23,8 +23,43 @@ def build_model(factory: Any, data: dict, task: Any):
     out_dim = train.num_classes if isinstance(task, Classification) else 1
     params = list(inspect.signature(factory).parameters)
     if params and params[0] == "spec_or_graph":  # NFN: fixed-architecture baseline
-        return factory(train[0], out_dim=out_dim)
-    return factory(out_dim=out_dim)
+        model = factory(train[0], out_dim=out_dim)
+    else:
+        model = factory(out_dim=out_dim)
+    materialize(model, train)
+    return model
+
+
+def materialize(model: Any, dataset: Any) -> None:
+    """Run one small batch through a model with lazy layers (e.g. StatNN) so its parameters exist before an
+    optimizer or a parameter count sees them."""
+    import torch
+    from torch.nn.parameter import UninitializedParameter
+    from torch_geometric.data import Batch
+
+    if any(isinstance(p, UninitializedParameter) for p in model.parameters()):
+        with torch.no_grad():
+            model(Batch.from_data_list([dataset[i] for i in range(min(2, len(dataset)))]))
+
+
+class _Chain:
+    """``second(first(graph))``: augmentation on raw weights first, then normalization."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def __call__(self, graph: Any) -> Any:
+        graph = self.first(graph)
+        return self.second(graph) if self.second is not None else graph
+
+
+def add_augmentation(data: dict, augment: Any) -> None:
+    """Apply ``augment`` (a graph -> graph transform) to the *training* split, before its normalization."""
+    if augment is None or (not callable(augment) and len(augment) == 0):  # `augment: none` composes to {}
+        return
+    if not callable(augment):
+        raise TypeError(f"augment config must build a callable transform (graph -> graph), got {type(augment)}")
+    data["train"].transform = _Chain(augment, data["train"].transform)
 
 
 def run(cfg: Any) -> dict[str, Any]:
@@ -34,22 +69,38 @@ def run(cfg: Any) -> dict[str, Any]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from .distributed import barrier, setup
     from .loop import fit
 
+    d = setup(cfg.trainer.get("device", "cpu")) if cfg.trainer.get("distributed", None) is not False else None
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if d is not None and d.active:  # every rank writes to rank 0's run directory
+        import torch.distributed as dist
+
+        shared = [str(out_dir)]
+        dist.broadcast_object_list(shared, src=0)
+        out_dir = Path(shared[0])
+    main_rank = d is None or d.main
+    say = print if main_rank else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
+    if d is not None and d.active and not d.main:  # rank 0 builds / converts the zoo, the others reuse its cache
+        barrier(d)
     data = instantiate(cfg.data)
+    if d is not None and d.active and d.main:
+        barrier(d)
+    add_augmentation(data, instantiate(cfg.augment))
     task = instantiate(cfg.task)
     model = build_model(instantiate(cfg.model), data, task)
-    logger = instantiate(cfg.logger)
-    print(f"[wsl train] {model.__class__.__name__}: {sum(p.numel() for p in model.parameters()):,} parameters; "
-          f"train/val/test = {len(data['train'])}/{len(data['val'])}/{len(data['test'])}; output -> {out_dir}")
+    logger = instantiate(cfg.logger) if main_rank else None
+    say(f"[wsl train] {model.__class__.__name__}: {sum(p.numel() for p in model.parameters()):,} parameters; "
+        f"train/val/test = {len(data['train'])}/{len(data['val'])}/{len(data['test'])}; output -> {out_dir}")
     result = fit(model, task, data, out_dir=out_dir, seed=cfg.seed, logger=logger, **cfg.trainer)
     result["config"] = OmegaConf.to_container(cfg, resolve=False)
-    (out_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    if main_rank:
+        (out_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
     shown = ", ".join(f"{k}={v:.4f}" for k, v in result["test"].items())
-    print(f"[wsl train] test: {shown} (best epoch {result['best_epoch']}, {result['seconds']:.0f} s)")
-    print(f"[wsl train] curves: {result['plot']}  metrics: {out_dir / 'metrics.csv'}  checkpoint: {result['checkpoint']}")
+    say(f"[wsl train] test: {shown} (best epoch {result['best_epoch']}, {result['seconds']:.0f} s)")
+    say(f"[wsl train] curves: {result['plot']}  metrics: {out_dir / 'metrics.csv'}  checkpoint: {result['checkpoint']}")
     return result
 
 
