@@ -174,19 +174,21 @@ def write_model_zoo(root: Path, model_type: str = "CNN", *, trials: int = 4, epo
 
 
 # ---------------------------------------------------------------- CNN Wild Park
+WILD_PARK_SPECS = [
+    {"n_layers": 2, "channels": [3, 4, 8], "kernel_size": [3, 5], "stride": [1, 1], "padding": [1, 2],
+     "residual": [-1, -1], "activation": ["relu", "gelu"]},
+    {"n_layers": 3, "channels": [3, 8, 4, 8], "kernel_size": [3, 3, 7], "stride": [1, 1, 1], "padding": [1, 1, 3],
+     "residual": [-1, -1, 0], "activation": ["tanh", "relu", "sigmoid"]},
+]
+
+
 def write_cnn_wild_park(root: Path, *, trials: int = 4, ckpts: int = 2) -> dict:
     """``cifar10_zooV2/<trial>/checkpoint_<k>/checkpoint.pt`` holding model, optimizer, a *pickled config object*
     (a dataclass of the training code, as the published files hold an OmegaConf object) and ray's state."""
+    from tests.data.wild_park_config import CNNConfig
     from wsl.data.formats.cnn_wild_park import WildParkCNN
 
-    from tests.data.wild_park_config import CNNConfig
-
-    specs = [
-        {"n_layers": 2, "channels": [3, 4, 8], "kernel_size": [3, 5], "stride": [1, 1], "padding": [1, 2],
-         "residual": [-1, -1], "activation": ["relu", "gelu"]},
-        {"n_layers": 3, "channels": [3, 8, 4, 8], "kernel_size": [3, 3, 7], "stride": [1, 1, 1], "padding": [1, 1, 3],
-         "residual": [-1, -1, 0], "activation": ["tanh", "relu", "sigmoid"]},
-    ]
+    specs = WILD_PARK_SPECS
     states = {}
     for t in range(trials):
         s = specs[t % len(specs)]
@@ -206,7 +208,10 @@ def write_cnn_wild_park(root: Path, *, trials: int = 4, ckpts: int = 2) -> dict:
 class Evil:
     """An object whose unpickling would run code (``os.system``): loaders must refuse, never execute it."""
 
-    def __reduce__(self):
+    def __init__(self, command: str = "true") -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
         import os
 
-        return (os.system, ("echo pwned > /dev/null",))
+        return (os.system, (self.command,))

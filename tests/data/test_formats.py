@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import numpy as np
 import pytest
@@ -153,7 +154,6 @@ def test_small_cnn_zoo_nfn_order_file(tmp_path):
     (tmp_path / "bad.csv").write_text("0\n0\n1\n")
     with pytest.raises(ZooFormatError, match="bad.csv"):
         small_cnn_zoo.load(tmp_path, order_csv=tmp_path / "bad.csv")
-    _ = CheckpointError  # imported for the other loaders' tests
 
 
 # ---------------------------------------------------------------- DWSNets INRs
@@ -207,9 +207,11 @@ def test_dws_errors(tmp_path):
     with pytest.raises(CheckpointError, match="model_final.pth"):
         recs.state_dict(2)
     # a checkpoint that needs code execution is refused, not run
-    torch.save({"seq.0.weight": torch.zeros(8, 2), "obj": fixtures.Evil()}, victim)
+    marker = tmp_path / "pwned"
+    torch.save({"seq.0.weight": torch.zeros(8, 2), "obj": fixtures.Evil(f"touch {marker}")}, victim)
     with pytest.raises(CheckpointError, match="weights-only"):
         recs.state_dict(2)
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------- NFN SIRENs
@@ -307,3 +309,79 @@ def test_model_zoos_mixed_architectures_and_errors(tmp_path):
         model_zoos.load(tmp_path / "b")
     with pytest.raises(ZooFormatError, match="no trial folders"):
         model_zoos.load(tmp_path)
+
+
+# ---------------------------------------------------------------- CNN Wild Park
+def _wild_park_reference(sd: dict, cfg: dict, x: torch.Tensor) -> torch.Tensor:
+    """neural-graphs' forward, verbatim in spirit: in-place residual add on a clone."""
+    import torch.nn.functional as F
+
+    fns = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+    saved = {}
+    for i in range(cfg["n_layers"]):
+        x = F.conv2d(x, sd[f"layers.{i}.weight"], sd[f"layers.{i}.bias"], padding=cfg["padding"][i])
+        r = cfg["residual"][i]
+        if r > -1:
+            ch = min(cfg["channels"][r + 1], cfg["channels"][i + 1])
+            x = x.clone()
+            x[:, :ch] += saved[r][:, :ch]
+        x = fns[cfg["activation"][i]](x)
+        if i in cfg["residual"]:
+            saved[i] = x
+    return F.linear(x.mean(dim=(2, 3)), sd["fc.weight"], sd["fc.bias"])
+
+
+def test_cnn_wild_park(tmp_path):
+    from wsl.data.formats import cnn_wild_park
+
+    info = fixtures.write_cnn_wild_park(tmp_path, trials=4, ckpts=2)
+    recs = cnn_wild_park.load(tmp_path)
+    assert len(recs) == 8 and len(recs.archs) == 2
+    assert recs.metadata["step"] == [1, 2] * 4
+    assert torch.allclose(recs.labels, torch.tensor([0.3 + 0.01 * t + 0.001 * k for t in range(4) for k in range(2)]))
+    assert recs.metadata["activation"][2] == "tanh,relu,sigmoid"
+    x = torch.randn(2, 3, 9, 9)
+    for i in range(len(recs)):
+        t, k = divmod(i, 2)
+        sd = recs.state_dict(i)
+        assert torch.equal(sd["layers.1.weight"], info["states"][(t, k)]["layers.1.weight"])
+        _assert_round_trip(recs, i)
+        cfg = json.loads(json.dumps(fixtures.WILD_PARK_SPECS[t % 2]))
+        with torch.no_grad():
+            assert torch.allclose(recs.model(i)(x), _wild_park_reference(sd, cfg, x), atol=1e-5)
+    where = {}
+    for s, idx in recs.splits.items():
+        for i in idx.tolist():
+            where.setdefault(recs.metadata["trial"][i], set()).add(s)
+    assert all(len(v) == 1 for v in where.values())
+    # an official splits file: paths relative to the file, scores from it
+    files = [recs.metadata["path"][i] for i in range(8)]
+    (tmp_path / "cnn_park_splits.json").write_text(json.dumps({
+        "train": {"path": files[:4], "score": [0.5] * 4, "step": [1] * 4},
+        "val": {"path": files[4:6], "score": [0.6] * 2, "step": [1] * 2},
+        "test": {"path": files[6:], "score": [0.7] * 2, "step": [1] * 2}}))
+    off = cnn_wild_park.load(tmp_path, "cnn_park_splits.json")
+    assert off.splits["val"].tolist() == [4, 5] and off.labels.tolist()[5:7] == pytest.approx([0.6, 0.7])
+
+
+def test_cnn_wild_park_never_runs_pickled_code(tmp_path):
+    from wsl.data.formats import cnn_wild_park
+
+    fixtures.write_cnn_wild_park(tmp_path, trials=1, ckpts=1)
+    f = next(tmp_path.rglob("checkpoint.pt"))
+    obj = torch.load(f, weights_only=False)
+    marker = tmp_path / "pwned"
+    obj["optimizer"] = fixtures.Evil(f"touch {marker}")
+    torch.save(obj, f)
+    recs = cnn_wild_park.load(tmp_path)
+    recs.state_dict(0)
+    assert not marker.exists()
+    torch.load(f, weights_only=False)  # the fixture is really dangerous: a plain unpickling runs it
+    assert marker.exists()
+    obj["config"] = {"n_layers": 2}
+    torch.save(obj, f)
+    with pytest.raises(ZooFormatError, match="checkpoint.pt: no usable 'config'"):
+        cnn_wild_park.load(tmp_path)
+    f.write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(CheckpointError, match="checkpoint.pt"):
+        cnn_wild_park.load(tmp_path)

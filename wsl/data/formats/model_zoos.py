@@ -188,7 +188,7 @@ def _choose(ckpts: list[tuple[int, Path]], epochs: int | Sequence[int] | str) ->
     if epochs == "all":
         return ckpts
     if isinstance(epochs, str):
-        raise ValueError(f"epochs must be 'last', 'all', an int or a list of ints, got {epochs!r}")
+        raise TypeError(f"epochs must be 'last', 'all', an int or a list of ints, got {epochs!r}")
     want = {int(epochs)} if isinstance(epochs, int) else {int(e) for e in epochs}
     return [(e, d) for e, d in ckpts if e in want]
 
