@@ -141,3 +141,14 @@ def test_dataset_mixed_architectures_split_by_run_into_gmn(tiny):
     assert len({g.spec.arch + str(g.num_edges) for g in batch.to_data_list()}) >= 2  # mixed architectures
     out = GMN(out_dim=1, hidden_dim=8, num_layers=1)(batch)
     assert out.shape == (len(train), 1) and torch.isfinite(out).all()
+
+
+def test_tiny_zoo_splits_are_never_empty():
+    from wsl.data.dataset import split_indices
+
+    for n in range(3, 12):
+        parts = split_indices(torch.arange(n), (0.8, 0.1, 0.1), seed=n)
+        assert all(len(v) for v in parts.values()), (n, {k: len(v) for k, v in parts.items()})
+        assert sorted(torch.cat(list(parts.values())).tolist()) == list(range(n))
+    assert len(split_indices(torch.arange(10), (1.0, 0.0, 0.0))["test"]) == 0  # zero fraction stays empty
+    assert [len(v) for v in split_indices(torch.arange(100), (0.8, 0.1, 0.1)).values()] == [80, 10, 10]

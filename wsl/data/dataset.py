@@ -37,13 +37,23 @@ SPLITS = ("train", "val", "test")
 
 
 def split_indices(groups: Tensor, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict[str, Tensor]:
-    """Seeded split of item indices into train / val / test by *group* (items of a group stay together)."""
+    """Seeded split of item indices into train / val / test by *group* (items of a group stay together).
+
+    Each split gets ``round(fraction * groups)`` groups, except that with three or more groups a split of
+    positive fraction never ends up empty.
+    """
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
         raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     uniq = torch.unique(groups)
     order = uniq[torch.randperm(len(uniq), generator=torch.Generator().manual_seed(seed))]
-    n_train = round(fractions[0] * len(uniq))
-    n_val = round(fractions[1] * len(uniq))
+    n = len(uniq)
+    n_train = round(fractions[0] * n)
+    n_val = round(fractions[1] * n)
+    if n >= 3:  # tiny zoos: a split with a positive fraction still gets a group (taken from train)
+        if fractions[1] > 0 and n_val == 0:
+            n_val, n_train = 1, min(n_train, n - 1)
+        if fractions[2] > 0 and n_train + n_val >= n:
+            n_train = n - n_val - 1
     parts = {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
     return {k: torch.nonzero(torch.isin(groups, v)).flatten() for k, v in parts.items()}
 

@@ -34,10 +34,10 @@ def digits_cnn(*, runs: int = 256, seed: int = 0, label: str = "test_accuracy", 
     test accuracy by default: a regression target), splits by *run* (all checkpoints of a run in one split),
     and standardizes weights per architecture and tensor with statistics of the training split.
 
-    ``config``: further :class:`~wsl.data.generate.digits_cnn.DigitsCNNConfig` fields (lists become tuples).
+    ``config``: further :class:`~wsl.data.generate.digits_cnn.DigitsCNNConfig` fields; a single value or a
+    list where the config holds a tuple of choices (``epochs=2`` trains every run for 2 epochs).
     """
-    extra = {k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in config.items()}
-    cfg = DigitsCNNConfig(runs=runs, seed=seed, **extra)
+    cfg = DigitsCNNConfig(runs=runs, seed=seed, **config)
     zoo = generate_digits_cnn(cfg, root, progress=progress)
     data = {s: ZooDataset(zoo, s, label=label, group="run", fractions=tuple(fractions), seed=split_seed)
             for s in ("train", "val", "test")}

@@ -29,7 +29,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,11 @@ class DigitsCNNConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # a single value or a list (Hydra) where a tuple is expected: make it a tuple
+            v = getattr(self, f.name)
+            if str(f.type).startswith("tuple") and not isinstance(v, tuple):
+                object.__setattr__(self, f.name, tuple(v) if isinstance(v, Sequence) and not isinstance(v, str)
+                                   else (v,))
         for name in ("checkpoints", "epochs", "depths", "widths", "kernels", "activations", "norms", "batch_sizes"):
             if not getattr(self, name):
                 raise ValueError(f"DigitsCNNConfig.{name} must not be empty")
