@@ -385,3 +385,34 @@ def test_cnn_wild_park_never_runs_pickled_code(tmp_path):
     f.write_bytes(b"PK\x03\x04 truncated zip")
     with pytest.raises(CheckpointError, match="checkpoint.pt"):
         cnn_wild_park.load(tmp_path)
+
+
+@pytest.mark.parametrize("zipfile", [True, False])
+def test_inert_pickle_rebuilds_tensors_and_configs_but_runs_nothing(tmp_path, zipfile):
+    from omegaconf import OmegaConf
+
+    from tests.data.wild_park_config import CNNConfig
+    from wsl.data.formats.inert_pickle import Record, load_inert, plain
+
+    spec = fixtures.WILD_PARK_SPECS[1]
+    cfg = CNNConfig(n_classes=10, **spec)
+    marker = tmp_path / "pwned"
+    obj = {"w": torch.arange(6.0).reshape(2, 3), "cfg": cfg, "oc": OmegaConf.structured(cfg),
+           "evil": fixtures.Evil(f"touch {marker}"), "b": b"\x00\xff", "n": 3}
+    f = tmp_path / "ckpt.pt"
+    torch.save(obj, f, _use_new_zipfile_serialization=zipfile)
+    out = load_inert(f)
+    assert torch.equal(out["w"], obj["w"]) and out["b"] == obj["b"] and out["n"] == 3
+    assert plain(out["cfg"]) == {"n_classes": 10, **spec}
+    assert plain(out["oc"]) == {"n_classes": 10, **spec}
+    assert isinstance(out["evil"], Record) and out["evil"].qualname.endswith("system")
+    assert not marker.exists()
+
+
+def test_format_registry(tmp_path):
+    from wsl.data import formats
+
+    fixtures.write_nfn_sirens(tmp_path, n=3, augs=0)
+    assert len(formats.load("nfn_siren", tmp_path)) == 3
+    with pytest.raises(ValueError, match="unknown zoo format"):
+        formats.load("imagenet", tmp_path)

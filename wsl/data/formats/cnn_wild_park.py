@@ -148,7 +148,8 @@ def load(root: str | Path, splits: str | Path | None = None, *, fractions: Seque
         arch_index.append(keys.index(key))
         res = plain(obj.get("last_result")) or {}
         labels.append(float(sc) if sc is not None else float(res.get("test/acc", float("nan"))))
-        steps.append(int(plain(obj.get("iteration")) or -1))
+        it = plain(obj.get("iteration"))
+        steps.append(int(it) if isinstance(it, (int, float)) else -1)
         act_names.append(",".join(cfg["activation"]))
     trial = [f.parent.parent.name for f in files]
     if which:

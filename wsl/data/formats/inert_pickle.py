@@ -76,11 +76,16 @@ class _Unpickler(pickle.Unpickler):
         return _ALLOWED.get((module, name)) or _record_type(module, name)
 
 
+def _load(file: Any, **kwargs: Any) -> Any:
+    return _Unpickler(file, **kwargs).load()
+
+
 class _InertPickle:
-    """A ``pickle_module`` for ``torch.load`` whose unpickler never imports what the file names."""
+    """A ``pickle_module`` for ``torch.load`` whose unpickler never imports what the file names (also for the
+    header records of legacy, non-zip checkpoints, which ``torch.load`` reads with ``pickle_module.load``)."""
 
     Unpickler = _Unpickler
-    load = staticmethod(pickle.load)
+    load = staticmethod(_load)
     __name__ = "wsl_inert_pickle"
 
 
