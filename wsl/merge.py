@@ -1,0 +1,195 @@
+"""Model merging in weight space: plain and permutation-aligned averaging, linear paths, loss barriers.
+
+* ``merge(models, "average")`` — the mean of the parameters (model soups; fine for fine-tunes of one
+  pretrained model, poor for independently trained networks, whose neurons are in arbitrary order);
+* ``merge(models, "aligned")`` — align every model to the first by weight matching, then average;
+* ``merge(models, "aligned_iterative")`` — Git Re-Basin's MergeMany: repeatedly align each model to the
+  mean of the others until no permutation changes, then average;
+* :func:`interpolate` / :func:`loss_barrier` — the linear path ``(1 - t) a + t b`` and its barrier
+
+.. math::
+    B(a, b) = \\max_t \\; L((1 - t)\\theta_a + t\\theta_b) - \\big((1 - t) L(\\theta_a) + t L(\\theta_b)\\big)
+
+Reference: Ainsworth et al., *Git Re-Basin* (ICLR 2023); Entezari et al., *The Role of Permutation
+Invariance in Linear Mode Connectivity of Neural Networks* (ICLR 2022); Frankle et al., *Linear Mode
+Connectivity and the Lottery Ticket Hypothesis* (ICML 2020).
+
+BatchNorm: averaged running statistics are *not* the statistics of the averaged network (the variance of
+a mean of features is not the mean of variances, "variance collapse"). Pass data to :func:`reset_bn` (or
+``merge(..., bn_data=...)``) to recompute them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .align import weight_matching
+from .augment.base import param_index
+from .graph import ParamGraph, from_graph, to_graph
+
+METHODS = ("average", "aligned", "aligned_iterative")
+
+
+def _graphs(items: Sequence[Any], example_inputs: Any = None) -> tuple[list[ParamGraph], nn.Module | None]:
+    if not items:
+        raise ValueError("merge: need at least one model or graph")
+    template = items[0] if isinstance(items[0], nn.Module) else None
+    spec = None
+    out = []
+    for i, m in enumerate(items):
+        if isinstance(m, nn.Module):
+            g = to_graph(m, example_inputs=example_inputs, spec=spec)
+        elif isinstance(m, ParamGraph):
+            g = m
+        else:
+            raise TypeError(f"merge: item {i} is a {type(m).__name__}; pass nn.Modules or ParamGraphs")
+        spec = spec or g.spec
+        if g.spec.num_edges != spec.num_edges or not torch.equal(g.spec.edge_index, spec.edge_index):
+            raise ValueError(f"merge: item {i} ({g.spec.arch}) has a different architecture from item 0")
+        out.append(g)
+    return out, template
+
+
+def average_graphs(graphs: Sequence[ParamGraph], weights: Sequence[float] | None = None) -> ParamGraph:
+    """Weighted mean of the graphs' learnable values (identity edges and pass-through buffers: the first's)."""
+    w = torch.ones(len(graphs), dtype=torch.float64) if weights is None else torch.tensor(list(weights), dtype=torch.float64)
+    if w.numel() != len(graphs) or float(w.sum()) <= 0:
+        raise ValueError(f"merge: need {len(graphs)} weights with a positive sum, got {list(w.tolist())}")
+    w = w / w.sum()
+    first = graphs[0]
+    edge = sum(wi * g.edge_attr.double() for wi, g in zip(w, graphs))
+    x = sum(wi * g.x.double() for wi, g in zip(w, graphs))
+    keep = ~param_index(first.spec).edge_param[:, None]
+    new = first.clone_structure()
+    new.edge_attr = torch.where(keep, first.edge_attr, edge.to(first.edge_attr.dtype))
+    new.x = x.to(first.x.dtype)
+    return new
+
+
+def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[float] | None = None,
+          max_iter: int = 100, rounds: int = 20, generator: torch.Generator | None = None,
+          example_inputs: Any = None, bn_data: Any = None) -> Any:
+    """Merge networks of one architecture into one.
+
+    Args:
+        models: ``nn.Module``s or ParamGraphs (modules are converted with ``to_graph``).
+        method: ``"average"``, ``"aligned"`` (align all to the first) or ``"aligned_iterative"`` (MergeMany).
+        weights: averaging weights (default uniform).
+        max_iter: weight-matching sweeps per alignment; ``rounds``: MergeMany rounds.
+        generator: class visiting order of weight matching.
+        example_inputs: tracing inputs for modules (see ``wsl.trace``).
+        bn_data: inputs to recompute BatchNorm statistics of the merged module (see :func:`reset_bn`).
+
+    Returns:
+        An ``nn.Module`` (a copy of ``models[0]`` with the merged weights) when given modules, else a
+        ParamGraph.
+    """
+    if method not in METHODS:
+        raise ValueError(f"merge: method must be one of {METHODS}, got {method!r}")
+    graphs, template = _graphs(models, example_inputs)
+    if method == "aligned":
+        graphs = [graphs[0]] + [weight_matching(graphs[0], g, max_iter=max_iter, generator=generator)[1]
+                                for g in graphs[1:]]
+    elif method == "aligned_iterative":
+        graphs = _merge_many(graphs, weights, max_iter, rounds, generator)
+    merged = average_graphs(graphs, weights)
+    if template is None:
+        return merged
+    model = from_graph(merged, template)
+    if bn_data is not None:
+        reset_bn(model, bn_data)
+    return model
+
+
+def _merge_many(graphs: list[ParamGraph], weights: Sequence[float] | None, max_iter: int, rounds: int,
+                generator: torch.Generator | None) -> list[ParamGraph]:
+    originals = list(graphs)
+    aligned = [graphs[0]] + [weight_matching(graphs[0], g, max_iter=max_iter, generator=generator)[1]
+                             for g in graphs[1:]]
+    perms = [None] * len(graphs)
+    for _ in range(rounds):
+        changed = False
+        for i in range(len(graphs)):
+            others = [g for j, g in enumerate(aligned) if j != i]
+            w = None if weights is None else [x for j, x in enumerate(weights) if j != i]
+            el, aligned[i] = weight_matching(average_graphs(others, w), originals[i], max_iter=max_iter,
+                                             generator=generator)
+            if perms[i] is None or not torch.equal(perms[i], el.perm):
+                changed = True
+            perms[i] = el.perm
+        if not changed:
+            break
+    return aligned
+
+
+def interpolate(a: Any, b: Any, alphas: Iterable[float], *, example_inputs: Any = None) -> list[Any]:
+    """Networks ``(1 - t) a + t b`` for each ``t`` in ``alphas`` (modules in, modules out; graphs in, graphs out)."""
+    (ga, gb), template = _graphs([a, b], example_inputs)
+    out = []
+    for t in alphas:
+        g = average_graphs([ga, gb], [1.0 - float(t), float(t)]) if 0 < float(t) < 1 else (ga if float(t) <= 0 else gb)
+        out.append(from_graph(g, template) if template is not None else g)
+    return out
+
+
+@dataclass
+class Barrier:
+    """Loss along the linear path: ``alphas`` [T], ``losses`` [T], ``barrier`` (max excess over the chord)."""
+
+    alphas: list[float]
+    losses: list[float]
+    barrier: float
+
+
+def loss_barrier(a: Any, b: Any, loss_fn: Callable[[Any], float], *, alphas: int | Sequence[float] = 11,
+                 example_inputs: Any = None, model: nn.Module | None = None) -> Barrier:
+    """Loss barrier on the linear path between ``a`` and ``b``.
+
+    Args:
+        a, b: modules or ParamGraphs of one architecture.
+        loss_fn: called with each interpolated network (an ``nn.Module``) and returns its loss (a float).
+        alphas: number of evenly spaced points in ``[0, 1]``, or the points.
+        model: a module of the architecture, needed when ``a`` and ``b`` are graphs.
+    """
+    ts = torch.linspace(0, 1, alphas).tolist() if isinstance(alphas, int) else [float(t) for t in alphas]
+    nets = interpolate(a, b, ts, example_inputs=example_inputs)
+    if isinstance(nets[0], ParamGraph):
+        if model is None:
+            raise ValueError("loss_barrier: pass model=<nn.Module of the architecture> to evaluate graphs")
+        nets = [from_graph(g, model) for g in nets]
+    losses = [float(loss_fn(n)) for n in nets]
+    l0, l1 = losses[0], losses[-1]
+    t0, t1 = ts[0], ts[-1]
+    chord = [l0 + (t - t0) / (t1 - t0) * (l1 - l0) if t1 != t0 else l0 for t in ts]
+    return Barrier(ts, losses, max(l - c for l, c in zip(losses, chord)))
+
+
+def reset_bn(model: nn.Module, data: Any, *, max_batches: int | None = None) -> nn.Module:
+    """Recompute every BatchNorm's running statistics on ``data`` (a tensor or an iterable of batches /
+    ``(x, y)`` pairs), as an exact average over the data (momentum ``None``); returns ``model`` (in eval mode)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    saved = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    batches = [data] if isinstance(data, Tensor) else data
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    for m, mom in saved.items():
+        m.momentum = mom
+    model.eval()
+    return model
+
+
+__all__ = ["METHODS", "Barrier", "average_graphs", "interpolate", "loss_barrier", "merge", "reset_bn"]
