@@ -11,6 +11,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsl.data.formats import ZooRecords
+from wsl.graph.convert import from_graph
+
+
+def assert_round_trip(recs: ZooRecords, i: int) -> None:
+    """graph(i) -> state dict is bit-identical to the loaded weights, and the module carrying them works."""
+    sd = recs.state_dict(i)
+    g = recs.graph(i)
+    back = g.to_state_dict()
+    assert set(back) == set(sd)
+    for k in sd:
+        assert torch.equal(back[k], sd[k]), k
+    assert float(g.y) == float(recs.labels[i])
+    model = from_graph(g, recs.architecture_of(i))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k])
+
 
 # ---------------------------------------------------------------- Small CNN Zoo
 def small_cnn_layout(in_channels: int = 1, channels: int = 16, classes: int = 10, k: int = 3) -> list[tuple]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 
 import numpy as np
 import pytest
@@ -11,22 +10,7 @@ import torch
 
 from tests.data import fixtures
 from wsl.data.formats import ZooFormatError, small_cnn_zoo
-from wsl.graph.convert import from_graph
 from wsl.io import CheckpointError
-
-
-def _assert_round_trip(recs, i: int) -> None:
-    """graph(i) -> state dict is bit-identical to the loaded weights, and the module carrying them works."""
-    sd = recs.state_dict(i)
-    g = recs.graph(i)
-    back = g.to_state_dict()
-    assert set(back) == set(sd)
-    for k in sd:
-        assert torch.equal(back[k], sd[k]), k
-    assert float(g.y) == float(recs.labels[i])
-    model = from_graph(g, recs.architecture_of(i))
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, sd[k])
 
 
 # ---------------------------------------------------------------- Small CNN Zoo
@@ -92,7 +76,7 @@ def test_small_cnn_zoo_filters_labels_splits_and_round_trip(tmp_path):
     assert sorted(sp["train"].tolist() + sp["val"].tolist()) == list(range(n // 2))
     assert len(sp["train"]) == int(0.8 * (n // 2))
     for i in range(len(recs)):
-        _assert_round_trip(recs, i)
+        fixtures.assert_round_trip(recs, i)
     # every step, no filtering
     all_recs = small_cnn_zoo.load(tmp_path, step=None, drop_nan=False, split="grouped")
     assert len(all_recs) == 30 and steps == (0, 20, 86)
@@ -168,7 +152,7 @@ def test_dws_mnist_inrs(tmp_path):
     assert recs.metadata["image_id"] == list(range(9))
     for i in range(len(recs)):
         assert torch.equal(recs.state_dict(i)["seq.1.weight"], info["states"][recs.metadata["path"][i]]["seq.1.weight"])
-        _assert_round_trip(recs, i)
+        fixtures.assert_round_trip(recs, i)
     # the module computes DWSNets' INR: seq(x) + 0.5 with sin(30 (W x + b)) hidden layers
     sd, x = recs.state_dict(0), torch.rand(5, 2)
     h = torch.sin(30 * (x @ sd["seq.0.weight"].T + sd["seq.0.bias"]))
@@ -186,7 +170,7 @@ def test_dws_fmnist_labels_from_files(tmp_path):
     assert len(recs) == 6
     assert recs.labels.tolist() == [info["labels"][p.split("fmnist_inrs/")[1]] for p in recs.metadata["path"]]
     assert "label" not in recs.state_dict(0)
-    _assert_round_trip(recs, 3)
+    fixtures.assert_round_trip(recs, 3)
 
 
 def test_dws_errors(tmp_path):
@@ -226,7 +210,7 @@ def test_nfn_sirens_layout_labels_augmentations_splits(tmp_path):
     assert {k: v.tolist() for k, v in recs.splits.items()} == {"train": list(range(8)), "val": [8, 9], "test": [10, 11]}
     for i in (0, 11):
         assert torch.equal(recs.state_dict(i)["net.2.weight"], info["states"][(0, i)]["net.2.weight"])
-        _assert_round_trip(recs, i)
+        fixtures.assert_round_trip(recs, i)
     assert recs.model(0)(torch.rand(4, 2)).shape == (4, 3)
     aug = nfn_siren.load(tmp_path, augmentations=2, split_points=(8, 10))
     assert len(aug) == 12 + 2 * 8  # augmented views of training images only
@@ -249,164 +233,6 @@ def test_nfn_siren_errors(tmp_path):
     with pytest.raises(ZooFormatError, match="not an NFN SIREN"):
         nfn_siren.load(tmp_path)
 
-
-# ---------------------------------------------------------------- Model Zoos
-@pytest.mark.parametrize(("kind", "dropout", "positions"), [
-    ("CNN", 0.0, [0, 3, 6, 9, 11]),       # layer_lst of the small zoos in ModelZoos' dataset_base.py
-    ("CNN3", 0.1, [0, 4, 8, 13, 16]),     # ... and of the large zoos
-    ("CNN", 0.2, [0, 4, 8, 11, 14]),
-])
-def test_model_zoos_module_list_positions(kind, dropout, positions):
-    from wsl.data.formats.model_zoos import build_model
-
-    m = build_model({"model::type": kind, "model::channels_in": 3, "model::nlin": "relu", "model::dropout": dropout})
-    assert sorted({int(k.split(".")[1]) for k in m.state_dict()}) == positions
-    size = 32 if kind == "CNN3" else 28
-    assert m(torch.zeros(2, 3, size, size)).shape == (2, 10)
-
-
-def test_model_zoos_trials_epochs_metrics_splits(tmp_path):
-    from wsl.data.formats import model_zoos
-
-    info = fixtures.write_model_zoo(tmp_path, trials=6, epochs=(0, 1, 2))
-    recs = model_zoos.load(tmp_path)
-    assert len(recs) == 6 and recs.metadata["epoch"] == [2] * 6
-    assert torch.allclose(recs.labels, torch.tensor([0.1 * t + 0.02 for t in range(6)]))
-    assert recs.metadata["config.model::nlin"] == ["tanh"] * 6 and len(recs.archs) == 1
-    for i in range(6):
-        assert torch.equal(recs.state_dict(i)["module_list.3.weight"], info["states"][(i, 2)]["module_list.3.weight"])
-        _assert_round_trip(recs, i)
-    every = model_zoos.load(tmp_path, epochs="all", label="train_acc")
-    assert len(every) == 18
-    where = {}
-    for s, idx in every.splits.items():
-        for i in idx.tolist():
-            where.setdefault(every.metadata["trial"][i], set()).add(s)
-    assert all(len(v) == 1 for v in where.values()) and len(where) == 6
-    assert model_zoos.load(tmp_path, epochs=[0, 1]).metadata["epoch"].count(1) == 6
-    # the ZooDataset path (fixed-size flatten: traced on the zoo's 28x28 input, not a 224x224 guess)
-    from wsl.data.dataset import ZooDataset
-
-    ds = ZooDataset(recs, split="all")
-    assert torch.equal(ds[0].edge_attr[:, 0], recs.graph(0).edge_attr[:, 0])
-
-
-def test_model_zoos_mixed_architectures_and_errors(tmp_path):
-    from wsl.data.formats import model_zoos
-
-    fixtures.write_model_zoo(tmp_path / "a", "CNN3", trials=2, nlin="relu", dropout=0.1, channels_in=3, pad=False)
-    recs = model_zoos.load(tmp_path / "a")
-    assert recs.metadata["epoch"] == [2, 2]
-    _assert_round_trip(recs, 1)
-    fixtures.write_model_zoo(tmp_path / "b", "MLP", trials=1)
-    _assert_round_trip(model_zoos.load(tmp_path / "b"), 0)
-    t = next((tmp_path / "b").iterdir())
-    (t / "params.json").write_text('{"model::type": "Resnet18"}')
-    with pytest.raises(ZooFormatError, match="params.json: model::type 'Resnet18' is not supported"):
-        model_zoos.load(tmp_path / "b")
-    (t / "params.json").write_text("{not json")
-    with pytest.raises(ZooFormatError, match="params.json: not valid JSON"):
-        model_zoos.load(tmp_path / "b")
-    with pytest.raises(ZooFormatError, match="no trial folders"):
-        model_zoos.load(tmp_path)
-
-
-# ---------------------------------------------------------------- CNN Wild Park
-def _wild_park_reference(sd: dict, cfg: dict, x: torch.Tensor) -> torch.Tensor:
-    """neural-graphs' forward, verbatim in spirit: in-place residual add on a clone."""
-    import torch.nn.functional as F
-
-    fns = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
-    saved = {}
-    for i in range(cfg["n_layers"]):
-        x = F.conv2d(x, sd[f"layers.{i}.weight"], sd[f"layers.{i}.bias"], padding=cfg["padding"][i])
-        r = cfg["residual"][i]
-        if r > -1:
-            ch = min(cfg["channels"][r + 1], cfg["channels"][i + 1])
-            x = x.clone()
-            x[:, :ch] += saved[r][:, :ch]
-        x = fns[cfg["activation"][i]](x)
-        if i in cfg["residual"]:
-            saved[i] = x
-    return F.linear(x.mean(dim=(2, 3)), sd["fc.weight"], sd["fc.bias"])
-
-
-def test_cnn_wild_park(tmp_path):
-    from wsl.data.formats import cnn_wild_park
-
-    info = fixtures.write_cnn_wild_park(tmp_path, trials=4, ckpts=2)
-    recs = cnn_wild_park.load(tmp_path)
-    assert len(recs) == 8 and len(recs.archs) == 2
-    assert recs.metadata["step"] == [1, 2] * 4
-    assert torch.allclose(recs.labels, torch.tensor([0.3 + 0.01 * t + 0.001 * k for t in range(4) for k in range(2)]))
-    assert recs.metadata["activation"][2] == "tanh,relu,sigmoid"
-    x = torch.randn(2, 3, 9, 9)
-    for i in range(len(recs)):
-        t, k = divmod(i, 2)
-        sd = recs.state_dict(i)
-        assert torch.equal(sd["layers.1.weight"], info["states"][(t, k)]["layers.1.weight"])
-        _assert_round_trip(recs, i)
-        cfg = json.loads(json.dumps(fixtures.WILD_PARK_SPECS[t % 2]))
-        with torch.no_grad():
-            assert torch.allclose(recs.model(i)(x), _wild_park_reference(sd, cfg, x), atol=1e-5)
-    where = {}
-    for s, idx in recs.splits.items():
-        for i in idx.tolist():
-            where.setdefault(recs.metadata["trial"][i], set()).add(s)
-    assert all(len(v) == 1 for v in where.values())
-    # an official splits file: paths relative to the file, scores from it
-    files = [recs.metadata["path"][i] for i in range(8)]
-    (tmp_path / "cnn_park_splits.json").write_text(json.dumps({
-        "train": {"path": files[:4], "score": [0.5] * 4, "step": [1] * 4},
-        "val": {"path": files[4:6], "score": [0.6] * 2, "step": [1] * 2},
-        "test": {"path": files[6:], "score": [0.7] * 2, "step": [1] * 2}}))
-    off = cnn_wild_park.load(tmp_path, "cnn_park_splits.json")
-    assert off.splits["val"].tolist() == [4, 5] and off.labels.tolist()[5:7] == pytest.approx([0.6, 0.7])
-
-
-def test_cnn_wild_park_never_runs_pickled_code(tmp_path):
-    from wsl.data.formats import cnn_wild_park
-
-    fixtures.write_cnn_wild_park(tmp_path, trials=1, ckpts=1)
-    f = next(tmp_path.rglob("checkpoint.pt"))
-    obj = torch.load(f, weights_only=False)
-    marker = tmp_path / "pwned"
-    obj["optimizer"] = fixtures.Evil(f"touch {marker}")
-    torch.save(obj, f)
-    recs = cnn_wild_park.load(tmp_path)
-    recs.state_dict(0)
-    assert not marker.exists()
-    torch.load(f, weights_only=False)  # the fixture is really dangerous: a plain unpickling runs it
-    assert marker.exists()
-    obj["config"] = {"n_layers": 2}
-    torch.save(obj, f)
-    with pytest.raises(ZooFormatError, match="checkpoint.pt: no usable 'config'"):
-        cnn_wild_park.load(tmp_path)
-    f.write_bytes(b"PK\x03\x04 truncated zip")
-    with pytest.raises(CheckpointError, match="checkpoint.pt"):
-        cnn_wild_park.load(tmp_path)
-
-
-@pytest.mark.parametrize("zipfile", [True, False])
-def test_inert_pickle_rebuilds_tensors_and_configs_but_runs_nothing(tmp_path, zipfile):
-    from omegaconf import OmegaConf
-
-    from tests.data.wild_park_config import CNNConfig
-    from wsl.data.formats.inert_pickle import Record, load_inert, plain
-
-    spec = fixtures.WILD_PARK_SPECS[1]
-    cfg = CNNConfig(n_classes=10, **spec)
-    marker = tmp_path / "pwned"
-    obj = {"w": torch.arange(6.0).reshape(2, 3), "cfg": cfg, "oc": OmegaConf.structured(cfg),
-           "evil": fixtures.Evil(f"touch {marker}"), "b": b"\x00\xff", "n": 3}
-    f = tmp_path / "ckpt.pt"
-    torch.save(obj, f, _use_new_zipfile_serialization=zipfile)
-    out = load_inert(f)
-    assert torch.equal(out["w"], obj["w"]) and out["b"] == obj["b"] and out["n"] == 3
-    assert plain(out["cfg"]) == {"n_classes": 10, **spec}
-    assert plain(out["oc"]) == {"n_classes": 10, **spec}
-    assert isinstance(out["evil"], Record) and out["evil"].qualname.endswith("system")
-    assert not marker.exists()
 
 
 def test_format_registry(tmp_path):
