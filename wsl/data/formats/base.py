@@ -268,8 +268,13 @@ def seeded_group_split(groups: Sequence[Any], fractions: Sequence[float], seed: 
         raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     uniq = sorted(set(groups), key=str)
     random.Random(seed).shuffle(uniq)
-    n_train = math.floor(fractions[0] * len(uniq))
-    n_val = math.floor(fractions[1] * len(uniq))
+    n = len(uniq)
+    n_train, n_val = math.floor(fractions[0] * n), math.floor(fractions[1] * n)
+    if n >= 3:  # small zoos: a split with a positive fraction still gets one group (taken from train)
+        if fractions[1] > 0 and n_val == 0:
+            n_val, n_train = 1, min(n_train, n - 1)
+        if fractions[2] > 0 and n_train + n_val >= n:
+            n_train = n - n_val - 1
     part = {g: 0 for g in uniq[:n_train]} | {g: 1 for g in uniq[n_train:n_train + n_val]}
     which = torch.tensor([part.get(g, 2) for g in groups], dtype=torch.long)
     return {s: torch.nonzero(which == k).flatten() for k, s in enumerate(SPLITS)}
