@@ -160,8 +160,11 @@ class ExternalParams:
             got = tuple(t.shape[1:]) if batched else tuple(t.shape)
             if got != tuple(shape) or (batched and t.dim() == 0):
                 want = f"(B, {', '.join(map(str, shape))})" if batched else str(tuple(shape))
-                hint = " (batched() needs a leading batch dim; using() takes one weight set)" if t.dim() in (
-                    len(shape), len(shape) + 1) else ""
+                hint = ""
+                if batched and t.dim() == len(shape):
+                    hint = "; batched() needs a leading batch dim B on every tensor"
+                elif not batched and t.dim() == len(shape) + 1:
+                    hint = "; using() takes one weight set: use batched() for a leading batch dim"
                 raise ValueError(f"ExternalParams: params[{k!r}] has shape {tuple(t.shape)}, expected {want}{hint}")
             if batched:
                 if batch is None:

@@ -34,13 +34,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from wsl.hyper.external import ExternalParams
+from wsl.hyper.external import ExternalParams, externalize
 
 __all__ = [
     "ConstantNormEncoding",
+    "ExternalParams",
     "MIPHypernetwork",
     "ResidualHead",
     "constant_norm_encode",
+    "default_init",
+    "externalize",
     "init_small_",
     "residual",
 ]
