@@ -136,7 +136,14 @@ def test_dataset_mixed_architectures_split_by_run_into_gmn(tiny):
     cached = ZooDataset(tiny, "train", **kw)  # from the cache file
     assert cached.edge_ptr is not None and torch.equal(cached.edge_attr, train.edge_attr)
     stats = train.weight_stats()
-    train.transform = stats
+    unseen = {int(a) for a in tiny_all_archs(data)} - {int(train.meta["arch"][j]) for j in train.indices}
+    assert unseen  # val / test hold architectures training never saw: pooled statistics still cover them
+    for ds in data.values():
+        ds.transform = stats
+        for i in range(len(ds)):
+            g = ds[i]
+            assert g.edge_norm.shape == (g.num_edges, 2) and torch.isfinite(g.node_norm).all()
+    assert not torch.equal(train[0].edge_norm, torch.tensor([[0.0, 1.0]]).expand_as(train[0].edge_norm))
     batch = next(iter(DataLoader(train, batch_size=len(train))))
     assert len({g.spec.arch + str(g.num_edges) for g in batch.to_data_list()}) >= 2  # mixed architectures
     out = GMN(out_dim=1, hidden_dim=8, num_layers=1)(batch)
@@ -152,3 +159,8 @@ def test_tiny_zoo_splits_are_never_empty():
         assert sorted(torch.cat(list(parts.values())).tolist()) == list(range(n))
     assert len(split_indices(torch.arange(10), (1.0, 0.0, 0.0))["test"]) == 0  # zero fraction stays empty
     assert [len(v) for v in split_indices(torch.arange(100), (0.8, 0.1, 0.1)).values()] == [80, 10, 10]
+
+
+def tiny_all_archs(data) -> torch.Tensor:
+    """Architecture indices of every item of a mixed dataset (all splits)."""
+    return torch.unique(next(iter(data.values())).meta["arch"])

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from ..graph.convert import to_graph, trace
 from ..graph.paramgraph import ParamGraph
 from ..graph.spec import NetworkSpec
+from ..nn.stats import WeightStats, fingerprint
 
 SPLITS = ("train", "val", "test")
 
@@ -56,6 +57,26 @@ def split_indices(groups: Tensor, fractions: Sequence[float] = (0.8, 0.1, 0.1), 
             n_train = n - n_val - 1
     parts = {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
     return {k: torch.nonzero(torch.isin(groups, v)).flatten() for k, v in parts.items()}
+
+
+class _LayoutWeightStats(WeightStats):
+    """:class:`WeightStats` whose per-architecture tensors are cached by fingerprint *and* graph size.
+
+    ``fingerprint`` names only the parameter tensors, so two architectures with equal tensors but different
+    wiring (a residual block or not) share it; their statistics agree (pooled by key), but the cached
+    ``edge_norm`` / ``node_norm`` must match each graph's own number of edges and nodes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._by_layout: dict[tuple[str, int, int], tuple[Tensor, Tensor]] = {}
+
+    def _tensors(self, spec: NetworkSpec) -> tuple[Tensor, Tensor]:
+        key = (fingerprint(spec), spec.num_nodes, spec.num_edges)
+        if key not in self._by_layout:
+            self._cache.pop(key[0], None)
+            self._by_layout[key] = super()._tensors(spec)
+        return self._by_layout[key]
 
 
 class ZooDataset(Dataset):
@@ -189,16 +210,44 @@ class ZooDataset(Dataset):
         return self.transform(g) if self.transform is not None else g
 
     def weight_stats(self):
-        """Per-tensor normalization statistics fitted on the *training* split (for ``transform``)."""
+        """Per-tensor normalization statistics fitted on the *training* split (for ``transform``).
+
+        A mixed-architecture zoo holds architectures in validation / test that training never saw, so there
+        statistics are pooled by state-dict key (``"features.1.conv.weight"``) over all training models and
+        given to every architecture of the zoo; keys training never saw are left unnormalized.
+        """
         from ..nn.stats import WeightStats
 
         train = self.splits["train"]
         saved = self.indices
         try:
             self.indices = train
-            return WeightStats.fit(self.graph(i) for i in range(len(train)))
+            if not self.mixed:
+                return WeightStats.fit(self.graph(i) for i in range(len(train)))
+            acc: dict[str, list[float]] = {}
+            for i in range(len(train)):
+                g = self.graph(i)
+                for key, t in g.spec.tensors.items():
+                    if t.kind == "edges":
+                        v = g.edge_attr[t.offset : t.offset + t.numel, 0]
+                    elif t.kind == "nodes":
+                        v = g.x[t.atoms, t.column]
+                    else:
+                        continue
+                    v = v.double()
+                    s = acc.setdefault(key, [0.0, 0.0, 0])
+                    s[0], s[1], s[2] = s[0] + float(v.sum()), s[1] + float((v * v).sum()), s[2] + v.numel()
         finally:
             self.indices = saved
+        if not acc:
+            raise ValueError("weight_stats needs at least one training model")
+        pooled = {k: (s / n, max(ss / n - (s / n) ** 2, 0.0) ** 0.5) for k, (s, ss, n) in acc.items()}
+        stats = {}
+        for a in torch.unique(self.meta["arch"]).tolist():
+            spec = self.spec_of(int(a))
+            stats[fingerprint(spec)] = {k: pooled[k] for k, t in spec.tensors.items()
+                                        if k in pooled and t.kind in ("edges", "nodes")}
+        return _LayoutWeightStats(stats)
 
     @property
     def num_classes(self) -> int:
