@@ -125,6 +125,10 @@ def test_cnn_wild_park(tmp_path):
         "train": {"path": files[:4], "score": [0.5] * 4, "step": [1] * 4},
         "val": {"path": files[4:6], "score": [0.6] * 2, "step": [1] * 2},
         "test": {"path": files[6:], "score": [0.7] * 2, "step": [1] * 2}}))
+    from torch_geometric.loader import DataLoader
+
+    batch = next(iter(DataLoader(recs.split("train"), batch_size=8)))  # mixed architectures in one batch
+    assert batch.num_graphs == len(recs.splits["train"]) and batch.y.shape == (batch.num_graphs,)
     off = cnn_wild_park.load(tmp_path, "cnn_park_splits.json")
     assert off.splits["val"].tolist() == [4, 5] and off.labels.tolist()[5:7] == pytest.approx([0.6, 0.7])
 

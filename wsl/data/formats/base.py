@@ -9,6 +9,7 @@ only what is used is read.
 >>> recs.labels[:3], recs.metadata["config.activation"][:3]
 >>> g = recs.graph(0)                                     # ParamGraph, ``g.y`` = the label
 >>> ds = ZooDataset(recs.split("train"), split="all")     # a single-architecture split plugs into ZooDataset
+>>> loader = torch_geometric.loader.DataLoader(recs.split("train"), batch_size=32)  # or use it directly
 
 Zoos whose models differ in architecture (activation functions, layer widths) keep one module per distinct
 architecture (``archs``) and an index per model (``arch_index``); :meth:`ZooRecords.where` selects models,
@@ -17,6 +18,7 @@ e.g. all ReLU networks, to get a single-architecture source for :class:`~wsl.dat
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -90,8 +92,6 @@ class ZooRecords:
 
     def model(self, i: int) -> nn.Module:
         """A fresh module of model ``i``'s architecture carrying its weights (eval mode)."""
-        import copy
-
         m = copy.deepcopy(self.architecture_of(i))
         m.load_state_dict(self.state_dict(i))
         return m.eval()
@@ -104,6 +104,13 @@ class ZooRecords:
         g = graph_from_state(self._specs[a], self.state_dict(i))
         g.y = self.labels[i].reshape(1)
         return g
+
+    def __getitem__(self, i: int) -> ParamGraph:
+        """``graph(i)``: a ``ZooRecords`` is itself a map-style dataset of graphs (any mix of architectures;
+        batch with ``torch_geometric.loader.DataLoader``)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"model index {i} out of range for {len(self)} models")
+        return self.graph(i % len(self))
 
     def graphs(self, split: str | None = None) -> Iterator[ParamGraph]:
         """Graphs of all models, or of one official split."""
