@@ -37,7 +37,8 @@ class Block:
 class Touch:
     """Edges of ``block`` whose ``role`` endpoint ('dst' or 'src') lies in a cell: ``sel`` local edge ids.
 
-    ``kind``: ``"cross"`` (the other endpoint is outside the class), ``"inner"`` (both endpoints in the
+    ``kind``: ``"anchor"`` (the other endpoint is never permuted: inputs, outputs, fixed sets),
+    ``"cross"`` (the other endpoint is in another free class), ``"inner"`` (both endpoints in the
     class at different offsets: quadratic in the class permutation, linearized at the current one) or
     ``"diag"`` (both endpoints in the class at the same offset, e.g. a norm gain between tied cells or a
     depthwise kernel: exactly linear, used like a node feature; listed once, under the ``dst`` cell).
@@ -106,7 +107,9 @@ def _touches(blocks: list[Block], lo: int, size: int, root: int, node_class: Ten
             other = (b.src + b.s0) if role == "dst" else (b.dst + b.d0)
             same = node_class[other] == root
             diag = same & (node_off[other] == node_off[g])
-            for kind, mask in (("cross", hit & ~same), ("inner", hit & same & ~diag), ("diag", hit & diag)):
+            anchor = node_class[other] < 0
+            for kind, mask in (("anchor", hit & anchor), ("cross", hit & ~same & ~anchor),
+                               ("inner", hit & same & ~diag), ("diag", hit & diag)):
                 if kind == "diag" and role == "src":
                     continue
                 sel = torch.nonzero(mask).flatten()

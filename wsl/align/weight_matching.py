@@ -72,7 +72,7 @@ class Matcher:
         self.perm = torch.arange(n)
         self.inv = torch.arange(n)
         self.local: dict[int, Tensor] = {r: torch.arange(c.size) for r, c in self.index.classes.items()}
-        self.inner = False  # include edges with both ends in the class (linearized at the current permutation)
+        self.kinds = {"anchor", "diag", "cross"}  # edge kinds in the costs (see structure.Touch)
 
     # ------------------------------------------------------------------ costs
     def cost(self, info: ClassInfo, extra: Tensor | None = None) -> Tensor:
@@ -82,10 +82,9 @@ class Matcher:
         for (start, _), touches in zip(info.cells, info.touches):
             C += self.xa[start : start + n] @ self.xb[start : start + n].T
             for t in touches:
-                if t.kind == "diag":
-                    C += self._diag_cost(t, start, n)
-                elif t.kind == "cross" or self.inner:
-                    C += self._block_cost(t, start, n)
+                if t.kind not in self.kinds:
+                    continue
+                C += self._diag_cost(t, start, n) if t.kind == "diag" else self._block_cost(t, start, n)
         return C
 
     def _diag_cost(self, t, start: int, n: int) -> Tensor:
@@ -186,15 +185,19 @@ class Matcher:
 
     def run(self, max_iter: int, generator: torch.Generator | None, skip: set[int] = frozenset(),
             fixed_costs: dict[int, Tensor] | None = None) -> int:
-        """Coordinate descent in two phases: first without, then with the quadratic in-class edges (the
-        first phase finds the permutation from terms that are exactly linear, so the linearization of the
-        second does not lock in the starting point). Returns the number of sweeps."""
+        """Coordinate descent in three phases. 0: one sweep with only the terms that involve no other free
+        class (edges to never-permuted neurons, node features, diagonal in-class edges) — each class's
+        best guess on its own, which is exact for a permuted copy; 1: all exactly linear terms (edges to
+        other classes at their current permutations), monotone; 2: also the quadratic in-class edges,
+        linearized at the current permutation (done last, so the linearization does not lock in the
+        start). Returns the number of sweeps."""
         units = self.units(set(skip))
         fixed_costs = fixed_costs or {}
         sweeps = 0
-        for inner in (False, True):
-            self.inner = inner
-            for _ in range(max_iter):
+        phases = ({"anchor", "diag"}, {"anchor", "diag", "cross"}, {"anchor", "diag", "cross", "inner"})
+        for phase, kinds in enumerate(phases):
+            self.kinds = kinds
+            for _ in range(1 if phase == 0 else max_iter):
                 sweeps += 1
                 order = range(len(units)) if generator is None else torch.randperm(len(units), generator=generator).tolist()
                 changed = False
