@@ -207,3 +207,14 @@ def test_loaded_models_respect_their_symmetries(tmp_path):
         assert symmetry_output_diff(model, g, g.spec.sample_symmetry(gen), x) < 1e-4, recs.name
         wrong = from_graph(inconsistent_graph(g, gen), model)
         assert max_output_diff(model, wrong, x) > 1e-4, recs.name
+
+
+def test_records_pickle_for_spawned_workers(tmp_path):
+    import pickle
+
+    for recs, i, _ in _one_of_each(tmp_path):
+        sub = recs.subset([i])
+        again = pickle.loads(pickle.dumps(sub))
+        assert len(pickle.dumps(sub)) < 200_000  # paths and layouts, not the weight matrices
+        for k, v in sub.state_dict(0).items():
+            assert torch.equal(again.state_dict(0)[k], v), recs.name

@@ -136,10 +136,10 @@ class ZooRecords:
         if self.splits is not None:
             splits = {k: pos[v][pos[v] >= 0] for k, v in self.splits.items()}
         meta = {k: v[idx] if isinstance(v, Tensor) else [v[j] for j in idx.tolist()] for k, v in self.metadata.items()}
-        load, base = self._load, idx.tolist()
+        base = idx.tolist()
         return ZooRecords(name or self.name, archs=self.archs, arch_index=self.arch_index[idx],
-                          load=lambda i: load(base[i]), labels=self.labels[idx], metadata=meta, splits=splits,
-                          sources=[self.sources[j] for j in base])
+                          load=SubsetLoader(self._load, base), labels=self.labels[idx], metadata=meta,
+                          splits=splits, sources=[self.sources[j] for j in base])
 
     def split(self, name: str) -> ZooRecords:
         """The models of one official split (``train`` / ``val`` / ``test``)."""
@@ -186,6 +186,27 @@ def _is_numeric(column: Sequence[Any]) -> bool:
     if isinstance(column, Tensor):
         return True
     return all(isinstance(x, (int, float, bool)) and not isinstance(x, str) for x in column)
+
+
+# ---------------------------------------------------------------------- picklable weight loaders
+class SubsetLoader:
+    """``load(i) = inner(base[i])`` (picklable, so records work in spawned DataLoader workers)."""
+
+    def __init__(self, inner: StateLoader, base: list[int]) -> None:
+        self.inner, self.base = inner, base
+
+    def __call__(self, i: int) -> dict[str, Tensor]:
+        return self.inner(self.base[i])
+
+
+class FileLoader:
+    """``load(i)``: the tensors of the weights-only torch file ``paths[i]`` (entries in ``drop`` removed)."""
+
+    def __init__(self, paths: Sequence[Path], drop: Sequence[str] = ()) -> None:
+        self.paths, self.drop = list(paths), tuple(drop)
+
+    def __call__(self, i: int) -> dict[str, Tensor]:
+        return tensor_state(torch_load_safe(self.paths[i]), self.paths[i], drop=self.drop)
 
 
 # ---------------------------------------------------------------------- helpers for loaders

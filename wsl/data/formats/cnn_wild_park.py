@@ -94,6 +94,16 @@ def _state(obj: Any, path: Path) -> dict[str, Tensor]:
     return dict(sd)
 
 
+class _WildParkLoader:
+    """``load(i)``: the ``model`` state dict of checkpoint ``files[i]`` (inert unpickling; picklable)."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+
+    def __call__(self, i: int) -> dict[str, Tensor]:
+        return _state(load_inert(self.files[i]), self.files[i])
+
+
 def _read_splits(path: Path, bases: list[Path]) -> tuple[list[Path], list[float | None], list[str]]:
     if not path.is_file():
         raise ZooFormatError(f"{path}: missing; expected {{'train': {{'path': [...], 'score': [...]}}, ...}}")
@@ -159,6 +169,6 @@ def load(root: str | Path, splits: str | Path | None = None, *, fractions: Seque
     meta = {"step": steps, "trial": trial, "activation": act_names, "path": [relpath(f, root) for f in files],
             "n_layers": [int(json.loads(keys[a])["n_layers"]) for a in arch_index]}
     return ZooRecords(f"cnn_wild_park:{root.name}", archs=archs, arch_index=arch_index,
-                      load=lambda i: _state(load_inert(files[i]), files[i]),
+                      load=_WildParkLoader(files),
                       labels=torch.tensor(labels, dtype=torch.float32), metadata=meta, splits=split_idx,
                       sources=[str(f) for f in files])

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .base import (
     SPLITS,
+    FileLoader,
     ZooFormatError,
     ZooRecords,
     relpath,
@@ -156,7 +157,7 @@ def load(root: str | Path, splits: str | Path = "mnist_splits.json", *, w0: floa
     split_idx = {s: torch.tensor([i for i, w in enumerate(which) if w == s], dtype=torch.long) for s in table}
     meta = {"split": which, "path": [relpath(p, root) for p in paths], "image_id": [_image_id(p) for p in paths]}
     return ZooRecords(f"dws_inr:{split_file.name}", archs=[arch], arch_index=[0] * len(paths),
-                      load=lambda i: tensor_state(torch_load_safe(paths[i]), paths[i], drop=("label",)),
+                      load=FileLoader(paths, drop=("label",)),
                       labels=y, metadata=meta, splits=split_idx, sources=[str(p) for p in paths])
 
 

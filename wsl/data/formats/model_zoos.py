@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .base import (
+    FileLoader,
     ZooFormatError,
     ZooRecords,
     activation,
@@ -41,8 +42,6 @@ from .base import (
     require_file,
     seeded_group_split,
     set_example_image,
-    tensor_state,
-    torch_load_safe,
 )
 
 #: (out channels, kernel) of the three conv layers, the flattened size, input size, and whether dropout layers
@@ -178,7 +177,7 @@ def load(root: str | Path, *, epochs: int | Sequence[int] | str = "last", label:
             meta[f"config.{k}"] = vals
     splits = seeded_group_split(meta["trial"], fractions, seed)
     return ZooRecords(f"model_zoos:{root.name}", archs=archs, arch_index=[x[2] for x in entries],
-                      load=lambda i: tensor_state(torch_load_safe(files[i]), files[i]), labels=labels,
+                      load=FileLoader(files), labels=labels,
                       metadata=meta, splits=splits, sources=[str(f) for f in files])
 
 

@@ -25,7 +25,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .base import ZooFormatError, ZooRecords, relpath, tensor_state, torch_load_safe
+from .base import (
+    FileLoader,
+    ZooFormatError,
+    ZooRecords,
+    relpath,
+    tensor_state,
+    torch_load_safe,
+)
 
 
 class SineLayer(nn.Module):
@@ -117,6 +124,6 @@ def load(root: str | Path, *, prefix: str = "randinit_smaller", augmentations: i
               "test": torch.nonzero((idx >= test_point) & (view == 0)).flatten()}
     meta = {"image_index": idx, "view": view, "path": [relpath(p, root) for p in paths]}
     return ZooRecords(f"nfn_siren:{root.name}", archs=[arch], arch_index=[0] * len(paths),
-                      load=lambda i: tensor_state(torch_load_safe(paths[i]), paths[i]),
+                      load=FileLoader(paths),
                       labels=torch.tensor([e[2] for e in entries], dtype=torch.long), metadata=meta, splits=splits,
                       sources=[str(p) for p in paths])

@@ -241,8 +241,24 @@ def load(root: str | Path, *, step: int | str | None = "final", label: str = "te
     splits = _splits(split, len(rows), [str(x) for x in meta.get("modeldir", rows.tolist())], fractions, seed)
     rows_l = rows.tolist()
     return ZooRecords(f"small_cnn_zoo:{root.name}", archs=archs, arch_index=arch_index,
-                      load=lambda i: tf_to_torch(weights[rows_l[i]], layout), labels=labels, metadata=meta,
+                      load=_RowLoader(wfile, rows_l, layout), labels=labels, metadata=meta,
                       splits=splits, sources=[f"{wfile}[row {r}]" for r in rows_l])
+
+
+class _RowLoader:
+    """``load(i)``: row ``rows[i]`` of weights.npy as a state dict; the memory map is (re)opened lazily, so the
+    loader pickles as a path (DataLoader workers) instead of copying the matrix."""
+
+    def __init__(self, file: Path, rows: list[int], layout: Layout) -> None:
+        self.file, self.rows, self.layout, self._w = file, rows, layout, None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_w": None}
+
+    def __call__(self, i: int) -> dict[str, Tensor]:
+        if self._w is None:
+            self._w = np.load(self.file, mmap_mode="r", allow_pickle=False)
+        return tf_to_torch(self._w[self.rows[i]], self.layout)
 
 
 def _read_order(path: Path, n: int) -> np.ndarray:
