@@ -148,32 +148,33 @@ def tf_to_torch(flat: np.ndarray, layout: Layout) -> dict[str, Tensor]:
 
 
 # ---------------------------------------------------------------------- metrics
-def _number(s: str) -> Any:
+def _column(values: list[str]) -> list[Any]:
+    """A CSV column as ints, else floats (empty cells NaN), else the strings themselves."""
     try:
-        return int(s)
+        return [int(v) for v in values]
     except ValueError:
         pass
     try:
-        return float(s)
+        return [float(v) if v != "" else math.nan for v in values]
     except ValueError:
-        return s
+        return values
 
 
 def read_metrics(path: Path) -> dict[str, list[Any]]:
-    """``metrics.csv.gz`` (or a plain ``metrics.csv``) as columns; numbers parsed, empty cells as NaN."""
+    """``metrics.csv.gz`` (or a plain ``metrics.csv``) as columns: ints, floats (empty cells NaN) or strings."""
     require_file(path, "per-checkpoint metrics (config.*, step, test_accuracy, ...) as gzipped CSV")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", newline="") as f:
-            reader = csv.DictReader(f)
-            cols: dict[str, list[Any]] = {k: [] for k in (reader.fieldnames or [])}
-            for r in reader:
-                for k, col in cols.items():
-                    v = r.get(k)
-                    col.append(math.nan if v in (None, "") else _number(v))
+            reader = csv.reader(f)
+            header = next(reader, None) or []
+            rows = [r for r in reader if r]
     except (OSError, EOFError, csv.Error, UnicodeDecodeError) as e:
         raise ZooFormatError(f"{path}: not a readable (gzipped) CSV file ({e})") from None
-    cols.pop("", None)  # pandas' unnamed index column
+    bad = next((n for n, r in enumerate(rows, start=2) if len(r) != len(header)), None)
+    if bad is not None:
+        raise ZooFormatError(f"{path}, line {bad}: {len(rows[bad - 2])} cells for {len(header)} columns")
+    cols = {k: _column([r[j] for r in rows]) for j, k in enumerate(header) if k != ""}  # "" = pandas' index
     for need in ("step",):
         if need not in cols:
             raise ZooFormatError(f"{path}: no {need!r} column; columns: {sorted(cols)[:12]}")
