@@ -275,7 +275,7 @@ def set_example_image(module: nn.Module, channels: int, size: int) -> nn.Module:
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "selu": nn.SELU, "elu": nn.ELU, "gelu": nn.GELU,
-    "silu": nn.SiLU, "leakyrelu": nn.LeakyReLU, "leaky_relu": nn.LeakyReLU, "celu": nn.CELU,
+    "silu": nn.SiLU, "swish": nn.SiLU, "softplus": nn.Softplus, "leakyrelu": nn.LeakyReLU, "leaky_relu": nn.LeakyReLU, "celu": nn.CELU,
     "linear": nn.Identity, "none": nn.Identity, "identity": nn.Identity,
 }
 

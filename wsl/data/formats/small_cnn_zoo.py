@@ -233,6 +233,8 @@ def load(root: str | Path, *, step: int | str | None = "final", label: str = "te
 
     acts = metrics.get("config.activation", ["relu"] * n_rows)
     kinds = sorted({str(acts[r]) for r in rows})
+    for a in kinds:
+        activation(a, f"{mfile}: column config.activation: ")
     kwargs = layout.module_kwargs()
     archs = [SmallCNN(**kwargs, stride=stride, act=a) for a in kinds]
     arch_index = [kinds.index(str(acts[r])) for r in rows]
