@@ -63,7 +63,7 @@ def test_grouped_conv() -> None:
         assert weight_distance(a, aligned) == 0.0
 
 
-@pytest.mark.parametrize("arch", ["mlp_relu", "rescnn"])
+@pytest.mark.parametrize("arch", THREE)
 def test_activation_matching_recovers_permuted_copy(arch: str) -> None:
     model, a, inputs = build(arch, seed=2)
     b = a.apply_symmetry(a.spec.sample_symmetry(torch.Generator().manual_seed(0), scale=False))
