@@ -250,7 +250,7 @@ def generate_digits_cnn(cfg: DigitsCNNConfig = DigitsCNNConfig(), root: str | Pa
               if f"shard_{s:05d}.safetensors" in old and (path / f"shard_{s:05d}.safetensors").is_file()]
     runs_done = sum(s["runs"] for s in shards)
     total = sum(num_checkpoints(cfg, r) for r in range(cfg.runs))
-    data = digits_split(cfg.test_fraction, cfg.split_seed)
+    data = digits_split(cfg.test_fraction, cfg.split_seed) if runs_done < cfg.runs else ()
     bar = Progress(cfg.runs, "digits-CNN zoo", progress, initial=runs_done)
     new, t0 = 0, time.perf_counter()
     for s in range(num_shards):
