@@ -78,6 +78,7 @@ class ParamIndex:
 
     names: tuple[str, ...]
     edge_param: Tensor
+    param_edges: Tensor  # [P_e] ids of the parameter edges (``nonzero(edge_param)``)
     edge_tid: Tensor
     edge_matrix: Tensor
     bias_node: Tensor
@@ -116,6 +117,7 @@ def param_index(spec: NetworkSpec) -> ParamIndex:
     idx = ParamIndex(
         names=tuple(names),
         edge_param=edge_tid >= 0,
+        param_edges=torch.nonzero(edge_tid >= 0).flatten(),
         edge_tid=edge_tid,
         edge_matrix=edge_matrix,
         bias_node=nodes,

@@ -32,7 +32,7 @@ _BIAS = NODE_COL["bias"]
 
 def _values(graph: ParamGraph, idx: ParamIndex) -> tuple[Tensor, Tensor, Tensor]:
     """Learnable values as one flat vector ``[P]`` with their tensor ids, plus the parameter-edge ids."""
-    eids = torch.nonzero(idx.edge_param).flatten()
+    eids = idx.param_edges
     v = torch.cat([graph.edge_attr[eids, 0], graph.x[idx.bias_node, _BIAS]])
     tid = torch.cat([idx.edge_tid[eids], idx.bias_tid])
     return v, tid, eids
