@@ -218,6 +218,7 @@ def test_encoding_module_rescales_range_and_rejects_outside() -> None:
     torch.testing.assert_close(out[:, 0], torch.tensor([1.0, math.cos(math.pi / 4), 0.0]), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"\[low, high\]"):
         enc(torch.tensor([[3.0]]))
+    assert ConstantNormEncoding(1, check_range=False)(torch.tensor([[3.0]])).shape == (1, 2)
     with pytest.raises(ValueError, match="shape"):
         enc(torch.zeros(4, 2))
 

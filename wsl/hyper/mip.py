@@ -72,19 +72,20 @@ class ConstantNormEncoding(nn.Module):
 
     Inputs in ``[low, high]`` (per dimension, scalars or ``[k]`` tensors) are mapped to ``[0, 1]`` and encoded
     with :func:`constant_norm_encode`. Inputs outside the range (beyond ``1e-6``) raise ``ValueError``, since the
-    norm is constant only inside it.
+    norm is constant only inside it (``check_range=False`` skips the check and its host sync).
 
     Args:
         in_dim: ``k``, the number of conditioning inputs.
         mode: ``"l2"`` (paper default, cos/sin) or ``"l1"`` (``[γ, 1−γ]``).
         low, high: the range of the raw inputs.
+        check_range: raise on inputs outside ``[low, high]``.
 
     Shapes:
         input: ``[..., k]`` → output ``[..., 2k]`` (``out_dim = 2k``).
     """
 
     def __init__(self, in_dim: int, mode: EncodingMode = "l2", low: float | Tensor = 0.0,
-                 high: float | Tensor = 1.0) -> None:
+                 high: float | Tensor = 1.0, check_range: bool = True) -> None:
         super().__init__()
         if mode not in ("l2", "l1"):
             raise ValueError(f"ConstantNormEncoding: mode must be 'l2' or 'l1', got {mode!r}")
@@ -93,7 +94,7 @@ class ConstantNormEncoding(nn.Module):
         low_t, high_t = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
         if bool((high_t <= low_t).any()):
             raise ValueError(f"ConstantNormEncoding: need low < high, got low={low}, high={high}")
-        self.in_dim, self.mode, self.out_dim = in_dim, mode, 2 * in_dim
+        self.in_dim, self.mode, self.out_dim, self.check_range = in_dim, mode, 2 * in_dim, check_range
         self.register_buffer("low", low_t.expand(in_dim).clone(), persistent=False)
         self.register_buffer("high", high_t.expand(in_dim).clone(), persistent=False)
 
@@ -103,7 +104,7 @@ class ConstantNormEncoding(nn.Module):
                 f"ConstantNormEncoding: expected inputs of shape [..., {self.in_dim}], got {tuple(gamma.shape)}"
             )
         z = (gamma - self.low) / (self.high - self.low)
-        if not torch.jit.is_tracing() and bool(((z < -1e-6) | (z > 1 + 1e-6)).any()):
+        if self.check_range and bool(((z < -1e-6) | (z > 1 + 1e-6)).any()):
             raise ValueError(
                 f"ConstantNormEncoding: inputs must lie in [low, high] = [{self.low.tolist()}, {self.high.tolist()}]"
                 f" (got min {gamma.min().item():.4g}, max {gamma.max().item():.4g}); set low/high to the input range"
