@@ -8,15 +8,16 @@ generator seeded by ``model_seed(seed, r)``:
 * hyperparameters: AdamW learning rate and weight decay (log-uniform), init scale (multiplies PyTorch's
   default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``), dropout before the head, batch size, number of epochs;
 
-then trains on a fixed split of the 1,797 8x8 digit images (standardized, see :func:`digits_split`; ``test_fraction`` held out by a
-permutation seeded with ``split_seed``, identical for every run) and keeps a checkpoint after each epoch in
-``checkpoints`` that is at most its epoch count. Every checkpoint is one zoo item, labelled with its
-``test_accuracy`` (plus ``train_accuracy``, ``train_loss``, ``test_loss``, ``epoch``, ``run`` and all
-hyperparameters as metadata); ``arch`` indexes the manifest's ``architectures`` list, whose entries rebuild
-the module through ``ZooDir.architecture(i)``. Accuracies are measured in eval mode on the exact stored
+then trains on a fixed split of the 1,797 8x8 digit images (standardized, see :func:`digits_split`;
+``test_fraction`` held out by a permutation seeded with ``split_seed``, identical for every run) and keeps a
+checkpoint after each epoch in ``checkpoints`` that is at most its epoch count. Every checkpoint is one zoo
+item, labelled with its ``test_accuracy`` (plus ``train_accuracy``, ``train_loss``, ``test_loss``, ``epoch``,
+``run`` and all hyperparameters as metadata); ``arch`` indexes the manifest's ``architectures`` list, whose
+entries rebuild the module through ``ZooDir.architecture(i)``. Accuracies are measured in eval mode on the exact stored
 weights, so a checkpoint rebuilt with :func:`wsl.from_graph` reproduces its label.
 
-Runs are trained one at a time (models are tiny; minibatch AdamW), ``runs_per_shard`` runs per shard.
+Runs are trained one at a time (models are tiny; minibatch AdamW), ``runs_per_shard`` runs per shard; the
+default zoo (256 runs, 1,006 checkpoints) takes about 160 s of one CPU core (``datasets/digits_cnn.md``).
 Weights are bit-exact for a given seed on a given machine and thread count (CPU kernels may round
 differently with other thread counts).
 
@@ -223,7 +224,8 @@ def _build_shard(cfg: DigitsCNNConfig, runs: range, arch_index: dict[str, int],
                          **hp, "depth": arch["depth"], "width": arch["width"], "kernel": arch["kernel"],
                          "activation": cfg.activations.index(arch["activation"]), "residual": int(arch["residual"]),
                          "norm": cfg.norms.index(arch["norm"])})
-    ints = {"run", "epoch", "arch", "batch_size", "epochs", "depth", "width", "kernel", "activation", "residual", "norm"}
+    ints = {"run", "epoch", "arch", "batch_size", "epochs", "depth", "width", "kernel", "activation", "residual",
+            "norm"}
     meta = {k: torch.tensor([row[k] for row in rows], dtype=torch.long if k in ints else torch.float32)
             for k in rows[0]}
     return params, meta
@@ -251,7 +253,7 @@ def generate_digits_cnn(cfg: DigitsCNNConfig = DigitsCNNConfig(), root: str | Pa
     runs_done = sum(s["runs"] for s in shards)
     total = sum(num_checkpoints(cfg, r) for r in range(cfg.runs))
     data = digits_split(cfg.test_fraction, cfg.split_seed) if runs_done < cfg.runs else ()
-    bar = Progress(cfg.runs, "digits-CNN zoo", progress, initial=runs_done)
+    bar = Progress(cfg.runs, "digits-CNN zoo (runs)", progress, initial=runs_done)
     new, t0 = 0, time.perf_counter()
     for s in range(num_shards):
         name = f"shard_{s:05d}.safetensors"
