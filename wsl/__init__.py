@@ -8,8 +8,12 @@ Public API::
     graph2 = graph.apply_symmetry(g)             # same function, permuted / rescaled weights
     sd = wsl.load_checkpoint("model.safetensors")  # safe: safetensors / weights_only pickles / HF dirs
     wsl.save_graph(graph, "graph.safetensors"); wsl.load_graph("graph.safetensors")
+    element, aligned = wsl.align.weight_matching(graph_a, graph_b)   # Git Re-Basin over the spec's groups
+    merged = wsl.merge([model_a, model_b], method="aligned")         # permutation-aligned averaging
+    aug = wsl.augment.Compose([wsl.augment.RandomPermutation(), wsl.augment.GaussianNoise(0.01)])
 """
 
+from . import align, augment
 from .graph import (
     ConversionError,
     NetworkSpec,
@@ -22,6 +26,7 @@ from .graph import (
     trace,
 )
 from .io import CheckpointError, check_state_dict, load_checkpoint
+from .merge import interpolate, loss_barrier, merge
 
 __version__ = "0.1.0"
 
@@ -31,10 +36,15 @@ __all__ = [
     "NetworkSpec",
     "ParamGraph",
     "SymmetryElement",
+    "align",
+    "augment",
     "check_state_dict",
     "from_graph",
+    "interpolate",
     "load_checkpoint",
     "load_graph",
+    "loss_barrier",
+    "merge",
     "save_graph",
     "to_graph",
     "trace",

@@ -23,7 +23,8 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from torch_geometric.data import Batch  # noqa: E402
 
-from wsl.train import fit  # noqa: E402
+from wsl.nn import GMN  # noqa: E402
+from wsl.train import Classification, fit  # noqa: E402
 from wsl.train.entry import CONFIG_DIR, add_augmentation, build_model  # noqa: E402
 from wsl.train.tasks import Task  # noqa: E402
 
@@ -99,9 +100,15 @@ def test_augment_option(option, tiny_data, tmp_path):
     train = data["train"]
     saved = train.transform
     try:
-        add_augmentation(data, aug)
+        collate = add_augmentation(data, aug)
         g = train[0]
         assert g.edge_attr.shape == train.graph(0).edge_attr.shape and torch.isfinite(g.edge_attr).all()
+        if collate is not None:  # pairwise (mixup): mixes inside a training batch, soft labels
+            batch = collate([train[i] for i in range(4)])
+            assert batch.y.shape == (4, train.num_classes)
+            torch.testing.assert_close(batch.y.sum(1), torch.ones(4))
+            loss, _, _ = Classification().loss(GMN(out_dim=train.num_classes, hidden_dim=8, num_layers=1), batch)
+            assert torch.isfinite(loss)
     finally:
         train.transform = saved
 

@@ -53,13 +53,24 @@ class _Chain:
         return self.second(graph) if self.second is not None else graph
 
 
-def add_augmentation(data: dict, augment: Any) -> None:
-    """Apply ``augment`` (a graph -> graph transform) to the *training* split, before its normalization."""
+def add_augmentation(data: dict, augment: Any) -> Any:
+    """Apply ``augment`` to the *training* split; returns the training collate function it needs (or None).
+
+    A per-graph transform runs before the split's normalization; a pairwise one (weight-space mixup)
+    becomes a :class:`wsl.augment.PairwiseCollate` that mixes partners inside each training batch.
+    """
     if augment is None or (not callable(augment) and len(augment) == 0):  # `augment: none` composes to {}
-        return
+        return None
     if not callable(augment):
         raise TypeError(f"augment config must build a callable transform (graph -> graph), got {type(augment)}")
+    from ..augment import PairwiseCollate, is_pairwise
+
+    if is_pairwise(augment):
+        if getattr(augment, "num_classes", 0) is None and hasattr(data["train"], "num_classes"):
+            augment.num_classes = data["train"].num_classes
+        return PairwiseCollate(augment)
     data["train"].transform = _Chain(augment, data["train"].transform)
+    return None
 
 
 def run(cfg: Any) -> dict[str, Any]:
@@ -88,13 +99,14 @@ def run(cfg: Any) -> dict[str, Any]:
     data = instantiate(cfg.data)
     if d is not None and d.active and d.main:
         barrier(d)
-    add_augmentation(data, instantiate(cfg.augment))
+    collate = add_augmentation(data, instantiate(cfg.augment))
     task = instantiate(cfg.task)
     model = build_model(instantiate(cfg.model), data, task)
     logger = instantiate(cfg.logger) if main_rank else None
     say(f"[wsl train] {model.__class__.__name__}: {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"train/val/test = {len(data['train'])}/{len(data['val'])}/{len(data['test'])}; output -> {out_dir}")
-    result = fit(model, task, data, out_dir=out_dir, seed=cfg.seed, logger=logger, **cfg.trainer)
+    result = fit(model, task, data, out_dir=out_dir, seed=cfg.seed, logger=logger, train_collate=collate,
+                 **cfg.trainer)
     result["config"] = OmegaConf.to_container(cfg, resolve=False)
     if main_rank:
         (out_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))

@@ -37,14 +37,15 @@ def _loader(ds: Dataset, batch_size: int, order: list[int] | None):
     return DataLoader(ds, batch_size=batch_size, sampler=order if order is not None else range(len(ds)))
 
 
-def _global_batches(ds: Dataset, order: list[int], batch_size: int, d: ddp.Dist):
+def _global_batches(ds: Dataset, order: list[int], batch_size: int, d: ddp.Dist, collate: Any = None):
     """``(local batch or None, local count, global count)`` for each global batch of ``order``."""
     from torch_geometric.data import Batch
 
+    collate = collate or Batch.from_data_list
     for s in range(0, len(order), batch_size):
         glob = order[s : s + batch_size]
         mine = ddp.local_part(glob, d)
-        yield (Batch.from_data_list([ds[i] for i in mine]) if mine else None), len(mine), len(glob)
+        yield (collate([ds[i] for i in mine]) if mine else None), len(mine), len(glob)
 
 
 def _bar(iterable, total: int, desc: str, enabled: bool):
@@ -88,11 +89,13 @@ def fit(model: nn.Module, task: Task, data: Mapping[str, Dataset], *, out_dir: s
         batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0, scheduler: str | None = "cosine",
         grad_clip: float | None = 1.0, seed: int = 0, patience: int | None = None, resume: bool = True,
         logger: Any = None, progress: bool = True, device: str = "cpu", plot: bool = True,
-        distributed: bool | None = None) -> dict[str, Any]:
+        distributed: bool | None = None, train_collate: Any = None) -> dict[str, Any]:
     """Train ``model`` on ``data["train"]``, select on ``data["val"]``, report ``data["test"]``.
 
     ``distributed``: ``None`` joins a torchrun process group when ``WORLD_SIZE`` > 1 (``False`` never does).
     Under torchrun every rank must call ``fit`` with the same arguments; rank 0 writes files and logs.
+    ``train_collate``: list of graphs -> batch for training batches (e.g. ``wsl.augment.PairwiseCollate``
+    for weight-space mixup); default ``Batch.from_data_list``.
 
     Returns ``{"test": metrics, "val": best validation metrics, "best_epoch", "epochs_run", "checkpoint",
     "plot", "seconds"}``.
@@ -135,7 +138,7 @@ def fit(model: nn.Module, task: Task, data: Mapping[str, Dataset], *, out_dir: s
         model.train()
         total, count = 0.0, 0
         steps = math.ceil(len(train) / batch_size)
-        batches = _global_batches(train, order, batch_size, d)
+        batches = _global_batches(train, order, batch_size, d, train_collate)
         for batch, n_local, n_global in _bar(batches, steps, f"epoch {epoch + 1}/{epochs}", progress):
             opt.zero_grad(set_to_none=True)
             if batch is not None:

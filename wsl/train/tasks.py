@@ -41,7 +41,7 @@ class Task:
 
 
 class Classification(Task):
-    """Cross-entropy on ``batch.y`` (class ids); metrics: loss, accuracy."""
+    """Cross-entropy on ``batch.y`` (class ids, or soft labels ``[B, C]`` from mixup); metrics: loss, accuracy."""
 
     monitor, mode = "accuracy", "max"
 
@@ -50,6 +50,10 @@ class Classification(Task):
 
     def loss(self, model, batch):
         logits = model(batch)
+        if batch.y.is_floating_point() and batch.y.dim() == 2:  # soft labels [B, C] (weight-space mixup)
+            soft = batch.y.to(logits.dtype)
+            return (F.cross_entropy(logits, soft, label_smoothing=self.label_smoothing), logits.detach(),
+                    soft.argmax(-1))
         y = batch.y.long().view(-1)
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits.detach(), y
 
