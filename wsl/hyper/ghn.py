@@ -150,9 +150,10 @@ class GraphHyperNetwork(nn.Module):
         nodes = torch.tensor([it[2] for it in items], device=dev)
         roles = torch.tensor([ROLE_ID[it[5]] for it in items], device=dev)
         z = h[nodes] + self.role_emb(roles)
-        is_mat = torch.tensor([len(it[3]) >= 2 for it in items], device=dev)
-        mats = self.decoder.matrix(z[is_mat]) if bool(is_mat.any()) else None
-        vecs = self.decoder.vector(z[~is_mat]) if bool((~is_mat).any()) else None
+        mat_rows = [i for i, it in enumerate(items) if len(it[3]) >= 2]
+        vec_rows = [i for i, it in enumerate(items) if len(it[3]) < 2]
+        mats = self.decoder.matrix(z[torch.tensor(mat_rows, device=dev)]) if mat_rows else None
+        vecs = self.decoder.vector(z[torch.tensor(vec_rows, device=dev)]) if vec_rows else None
         gains = self.log_gain.exp()
         im = iv = 0
         for it in items:

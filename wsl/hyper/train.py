@@ -68,7 +68,6 @@ def train_ghn(hypernet: GraphHyperNetwork, data: Digits, *, steps: int = 500, me
     """Train ``hypernet`` in place on sampled ``train``-split architectures; returns the logged history."""
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(hypernet.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
     hypernet.train()
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -83,7 +82,12 @@ def train_ghn(hypernet: GraphHyperNetwork, data: Digits, *, steps: int = 500, me
         loss.backward()
         nn.utils.clip_grad_norm_(hypernet.parameters(), clip)
         opt.step()
-        sched.step()
+        # cosine decay over whichever budget (steps or time) runs out first
+        frac = step / steps
+        if time_limit is not None:
+            frac = max(frac, (time.perf_counter() - t0) / time_limit)
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         run_loss += float(loss.detach())
         run_acc += acc
         if step % log_every == 0 or step == steps:
