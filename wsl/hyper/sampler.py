@@ -261,3 +261,12 @@ def sample_architectures(n: int, split: str = "train", generator: torch.Generato
         m.example_inputs = (torch.zeros(1, *IN_SHAPE),)  # type: ignore[assignment]
         models.append(m)
     return models
+
+
+def demo_cnn() -> nn.Module:
+    """A small digits CNN (``module:wsl.hyper.sampler:demo_cnn`` for the CLI)."""
+    cfg = ArchConfig("cnn", (16, 32), kernel=3, norm="bn", act="relu", pool=(0,))
+    m = cfg.build()
+    m.arch_config = cfg  # type: ignore[assignment]
+    m.example_inputs = (torch.zeros(1, *IN_SHAPE),)  # type: ignore[assignment]
+    return m

@@ -1,0 +1,34 @@
+"""The ``wsl predict`` subcommand function (wsl.hyper.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from wsl.hyper.cli import add_predict_parser
+
+
+def _run(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="wsl")
+    add_predict_parser(p.add_subparsers(dest="command", required=True))
+    a = p.parse_args(argv)
+    return a.func(a)
+
+
+def test_predict_writes_state_dict_and_report(tmp_path, capsys) -> None:
+    out, rep = tmp_path / "p.safetensors", tmp_path / "r.json"
+    assert _run(["predict", "--arch", "module:wsl.hyper.sampler:demo_cnn", "-o", str(out), "--report", str(rep)]) == 0
+    sd = load_file(str(out))
+    report = json.loads(rep.read_text())
+    assert set(report["predicted"]) | set(report["buffers"]) == set(sd)
+    assert "predicted" in capsys.readouterr().out
+
+
+def test_list_and_missing_arch(capsys) -> None:
+    assert _run(["predict", "--list"]) == 0
+    assert "ghn2-digits" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="needs --arch"):
+        _run(["predict"])
