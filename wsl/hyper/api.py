@@ -48,8 +48,9 @@ class PredictionReport:
         return sorted(seen) == sorted(self.keys) and len(seen) == len(set(seen))
 
     def num_predicted_elements(self, model: nn.Module) -> int:
+        """Predicted parameters of ``model`` (tensors that share storage counted once)."""
         sd = model.state_dict()
-        return sum(sd[k].numel() for k in self.predicted)
+        return sum(sd[k].numel() for k, how in self.predicted.items() if not how.startswith("shares storage"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "hypernet": self.hypernet, "predicted": self.predicted,
