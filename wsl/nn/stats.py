@@ -24,8 +24,10 @@ from ..graph.paramgraph import ParamGraph
 
 
 def fingerprint(spec) -> str:
-    """Architecture identity: name plus every tensor's key and shape (equal specs -> equal fingerprints)."""
-    parts = [spec.arch] + [f"{k}:{'x'.join(map(str, t.shape))}:{t.kind}" for k, t in spec.tensors.items()]
+    """Architecture identity: name, graph size and every tensor's key and shape (equal specs -> equal
+    fingerprints; a residual and a plain net with the same tensors differ in their graphs' sizes)."""
+    parts = [spec.arch, f"{spec.num_nodes}n{spec.num_edges}e"]
+    parts += [f"{k}:{'x'.join(map(str, t.shape))}:{t.kind}" for k, t in spec.tensors.items()]
     return "|".join(parts)
 
 
