@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--split", default="test", choices=["test", "ood"])
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.05, help="SGD (momentum 0.9) learning rate for both inits")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(1)
