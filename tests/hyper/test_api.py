@@ -138,24 +138,37 @@ def _torchvision_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def _check_torchvision(name: str) -> None:
-    tv = pytest.importorskip("torchvision")
+def _check_shapes(m: nn.Module, x: torch.Tensor) -> None:
+    """Every parameter is predicted with its own shape, or reported unused by the traced forward."""
     from wsl.hyper.ghn import graph_of
 
-    try:  # shapes only: the model and the hypernetwork live on the meta device (no memory, no FLOPs)
-        with torch.device("meta"):
-            m = tv.models.get_model(name)
-    except (NotImplementedError, RuntimeError):  # builders that need real values (regnet)
-        m = tv.models.get_model(name)
     torch.manual_seed(0)
-    hn = GHN2(hidden=16, tile_out=16, tile_in=16, kernel=3).to("meta")
-    x = torch.zeros(1, 3, 299 if name == "inception_v3" else 224, 299 if name == "inception_v3" else 224)
+    hn = GHN2(hidden=16, tile_out=16, tile_in=16, kernel=3).to("meta")  # shapes only: no memory, no FLOPs
     pred = hn(m, x)[0]
     own = dict(m.named_parameters())
     unused = set(graph_of(m, x).unused)  # e.g. googlenet / inception auxiliary heads (training only)
     assert set(pred) | unused == set(own) and not (set(pred) & unused)
     for k, v in pred.items():
         assert v.shape == own[k].shape, k
+
+
+def _check_torchvision(name: str) -> None:
+    tv = pytest.importorskip("torchvision")
+    try:
+        with torch.device("meta"):
+            m = tv.models.get_model(name)
+    except (NotImplementedError, RuntimeError):  # builders that need real values (regnet)
+        m = tv.models.get_model(name)
+    size = 299 if name == "inception_v3" else 224
+    _check_shapes(m, torch.zeros(1, 3, size, size))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224", "mixer_s16_224", "convnext_atto"])
+def test_timm_shapes(name: str) -> None:
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        m = timm.create_model(name, pretrained=False)
+    _check_shapes(m, torch.zeros(1, 3, 224, 224))
 
 
 @pytest.mark.parametrize("name", FAST_TORCHVISION)
