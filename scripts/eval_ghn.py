@@ -3,7 +3,8 @@
 For each of ``--n`` unseen architectures (``test`` split of :mod:`wsl.hyper.sampler`; ``--split ood`` for
 unseen families): digits test accuracy with predicted parameters and no training vs PyTorch's random
 initialization (BatchNorm statistics recomputed on training images for both), then after one epoch of the
-same SGD fine-tuning from each initialization; prints mean / median / max and the share of architectures
+same fine-tuning (Adam, lr 1e-3 by default) from each initialization; prints mean / median / max and
+the share of architectures
 where the predicted initialization beats the random one.
 
     nice -n 10 python scripts/eval_ghn.py --hypernet ghn2-digits --n 50 --json outputs/eval_ghn.json
@@ -34,7 +35,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--split", default="test", choices=["test", "ood"])
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--lr", type=float, default=0.05, help="SGD (momentum 0.9) learning rate for both inits")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="fine-tuning optimizer (both inits)")
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (both inits)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -51,14 +53,14 @@ def main() -> None:
         calibrate_norm_stats(pred, calib)
         calibrate_norm_stats(rand, calib)
         r0, p0 = accuracy(rand, data.x_test, data.y_test), accuracy(pred, data.x_test, data.y_test)
-        r1 = finetune(rand, data, epochs=1, lr=a.lr, generator=torch.Generator().manual_seed(i))
-        p1 = finetune(pred, data, epochs=1, lr=a.lr, generator=torch.Generator().manual_seed(i))
+        r1 = finetune(rand, data, epochs=1, lr=a.lr, optimizer=a.optimizer, generator=torch.Generator().manual_seed(i))
+        p1 = finetune(pred, data, epochs=1, lr=a.lr, optimizer=a.optimizer, generator=torch.Generator().manual_seed(i))
         rows.append({"arch": rand.arch_config.name, "random": r0, "predicted": p0, "random_1ep": r1,
                      "predicted_1ep": p1})
         print(f"{i:3d} {rand.arch_config.name:45s} no training: random {r0:.3f} predicted {p0:.3f} | "
               f"1 epoch: random {r1:.3f} predicted {p1:.3f}", flush=True)
     summary = {
-        "hypernet": a.hypernet, "split": a.split, "n": len(rows), "seconds": round(time.time() - t0, 1),
+        "hypernet": a.hypernet, "split": a.split, "optimizer": a.optimizer, "lr": a.lr, "n": len(rows), "seconds": round(time.time() - t0, 1),
         "random_init": _stats([r["random"] for r in rows]),
         "predicted": _stats([r["predicted"] for r in rows]),
         "random_1ep": _stats([r["random_1ep"] for r in rows]),

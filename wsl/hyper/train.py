@@ -120,11 +120,17 @@ def evaluate_predicted(hypernet: GraphHyperNetwork, models: list[nn.Module], dat
     return [accuracy(m, data.x_test, data.y_test) for m in models]
 
 
-def finetune(model: nn.Module, data: Digits, *, epochs: int = 1, lr: float = 1e-2, batch_size: int = 64,
-             generator: torch.Generator | None = None) -> float:
-    """Plain SGD (momentum 0.9) for ``epochs`` on the training images; returns test accuracy."""
+def finetune(model: nn.Module, data: Digits, *, epochs: int = 1, lr: float = 1e-3, batch_size: int = 64,
+             optimizer: str = "adam", generator: torch.Generator | None = None) -> float:
+    """Train for ``epochs`` on the training images (``"adam"``, or ``"sgd"`` with momentum 0.9); returns test
+    accuracy."""
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    if optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'adam' or 'sgd'")
     for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(data.y_train), generator=g)
