@@ -4,8 +4,7 @@ For each of ``--n`` unseen architectures (``test`` split of :mod:`wsl.hyper.samp
 unseen families): digits test accuracy with predicted parameters and no training vs PyTorch's random
 initialization (BatchNorm statistics recomputed on training images for both), then after one epoch of the
 same fine-tuning (Adam, lr 1e-3 by default) from each initialization; prints mean / median / max and
-the share of architectures
-where the predicted initialization beats the random one.
+the share of architectures where the predicted initialization beats the random one.
 
     nice -n 10 python scripts/eval_ghn.py --hypernet ghn2-digits --n 50 --json outputs/eval_ghn.json
 """
