@@ -11,11 +11,12 @@ from .generate.digits_inr import DigitsINRConfig, generate_digits_inr
 
 
 def digits_inr(*, views: int = 1, steps: int = 300, lr: float = 1e-3, limit: int | None = None, seed: int = 0,
+               init: str = "independent",
                split_seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1), normalize: bool = True,
                root: str | Path | None = None, progress: bool = True) -> dict[str, ZooDataset]:
     """digits-INR classification data: builds (or reuses) the zoo, splits by *image* (all views of an image
     in one split), and standardizes weights per layer with statistics of the training split."""
-    cfg = DigitsINRConfig(views=views, steps=steps, lr=lr, limit=limit, seed=seed)
+    cfg = DigitsINRConfig(views=views, steps=steps, lr=lr, limit=limit, seed=seed, init=init)
     zoo = generate_digits_inr(cfg, root, progress=progress)
     data = {s: ZooDataset(zoo, s, label="label", group="image_index", fractions=tuple(fractions), seed=split_seed)
             for s in ("train", "val", "test")}

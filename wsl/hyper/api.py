@@ -76,7 +76,10 @@ def _load_cached(name: str) -> GraphHyperNetwork:
 
 
 def load_hypernet(hypernet: str | os.PathLike | GraphHyperNetwork) -> GraphHyperNetwork:
-    """A hypernetwork object from a packaged name, a directory written by ``save_pretrained``, or itself."""
+    """A hypernetwork object from a packaged name, a directory written by ``save_pretrained``, or itself.
+
+    Loaded names / paths are cached per process (call ``_load_cached.cache_clear()`` after overwriting one).
+    """
     if isinstance(hypernet, GraphHyperNetwork):
         return hypernet
     if isinstance(hypernet, (str, os.PathLike)):

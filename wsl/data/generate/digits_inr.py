@@ -73,6 +73,11 @@ class DigitsINRConfig:
     shard_size: int = 512  # INRs fitted together (and stored per file)
     seed: int = 0
     limit: int | None = None  # use only the first `limit` images (quick runs, tests)
+    init: str = "independent"  # "independent": every INR its own random init; "shared": one init per view index
+
+    def __post_init__(self) -> None:
+        if self.init not in ("independent", "shared"):
+            raise ValueError(f"DigitsINRConfig.init must be 'independent' or 'shared', got {self.init!r}")
 
     @property
     def num_images(self) -> int:
@@ -177,7 +182,8 @@ def generate_digits_inr(cfg: DigitsINRConfig = DigitsINRConfig(), root: str | Pa
         lo, hi = s * cfg.shard_size, min(total, (s + 1) * cfg.shard_size)
         idx = torch.arange(lo, hi)
         img_idx, view = idx // cfg.views, idx % cfg.views
-        inits = [siren_init(cfg, torch.Generator().manual_seed(model_seed(cfg.seed, int(m)))) for m in idx]
+        inits = [siren_init(cfg, torch.Generator().manual_seed(_init_seed(cfg, int(m), int(v))))
+                 for m, v in zip(idx, view)]
         stacked = {k: torch.stack([p[k] for p in inits]) for k in inits[0]}
         params, mse = fit_sirens(stacked, images[img_idx], cfg)
         meta = {"label": labels[img_idx], "image_index": img_idx, "view": view, "mse": mse.float()}
@@ -191,6 +197,12 @@ def generate_digits_inr(cfg: DigitsINRConfig = DigitsINRConfig(), root: str | Pa
     bar.close()
     _write_manifest(mf, cfg, shards, total, seconds=time.perf_counter() - t0 if new else None)
     return ZooDir(path)
+
+
+def _init_seed(cfg: DigitsINRConfig, index: int, view: int) -> int:
+    """Seed of an INR's initialization: per model, or (``init="shared"``) per view index, so that every image's
+    view ``v`` starts from the same weights (the zoo is then aligned, as fits from one meta-init are)."""
+    return model_seed(cfg.seed, index) if cfg.init == "independent" else model_seed(cfg.seed, -1 - view)
 
 
 def _write_manifest(mf: Path, cfg: DigitsINRConfig, shards: list, total: int, seconds: float | None = None) -> None:
