@@ -10,6 +10,7 @@ Public API::
     wsl.save_graph(graph, "graph.safetensors"); wsl.load_graph("graph.safetensors")
     element, aligned = wsl.align.weight_matching(graph_a, graph_b)   # Git Re-Basin over the spec's groups
     merged = wsl.merge([model_a, model_b], method="aligned")         # permutation-aligned averaging
+    model, report = wsl.predict_parameters(model, hypernet="ghn2-digits")   # GHN-predicted weights
     aug = wsl.augment.Compose([wsl.augment.RandomPermutation(), wsl.augment.GaussianNoise(0.01)])
 """
 
@@ -25,6 +26,7 @@ from .graph import (
     to_graph,
     trace,
 )
+from .hyper import predict_parameters
 from .io import CheckpointError, check_state_dict, load_checkpoint
 from .merge import interpolate, loss_barrier, merge
 
@@ -45,6 +47,7 @@ __all__ = [
     "load_graph",
     "loss_barrier",
     "merge",
+    "predict_parameters",
     "save_graph",
     "to_graph",
     "trace",

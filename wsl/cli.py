@@ -7,6 +7,8 @@
     wsl inspect CKPT --arch timm:resnet18 --plot graph.png        # also draw a (small) network's graph
     wsl demo                                                      # convert + inspect + symmetry check
     wsl train [HYDRA OVERRIDES]                                   # train a metanetwork (configs/, Hydra)
+    wsl predict --arch torchvision:resnet18 --input-shape 1,3,64,64 -o pred.safetensors --report report.json
+    wsl predict --list                                            # packaged hypernetworks
 """
 
 from __future__ import annotations
@@ -161,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", default="outputs/demo_graph.safetensors")
     d.add_argument("--plot", default="outputs/demo_graph.png")
     d.set_defaults(func=cmd_demo)
+    from .hyper.cli import add_predict_parser
+
+    add_predict_parser(sub)
     sub.add_parser("train", help="train a metanetwork (Hydra: `wsl train model=nggnn trainer.epochs=5`, "
                                  "`wsl train --help` for the config groups)")
     return p

@@ -7,6 +7,7 @@
     g = comp_graph(model)                                               # op-level computational graph
     ghn = GHN2(hidden=64, decoder="lowrank"); params = ghn([m1, m2])    # differentiable predictions
     ghn.save_pretrained("my_ghn"); GHN2.from_pretrained("my_ghn")
+    hyper = MIPHypernetwork(1, target=externalize(net))                 # MIP: constant-norm in, theta0 + delta out
 """
 
 from .api import (
@@ -17,8 +18,16 @@ from .api import (
 )
 from .compgraph import OP_TYPES, CompGraph, comp_graph
 from .decoders import LowRankDecoder, TiledDecoder
+from .external import ExternalParams, externalize
 from .ghn import GHN2, GHN3, GraphHyperNetwork
 from .hub import HypernetError, from_pretrained, packaged
+from .mip import (
+    ConstantNormEncoding,
+    MIPHypernetwork,
+    ResidualHead,
+    constant_norm_encode,
+    residual,
+)
 from .sampler import ArchConfig, sample_architectures
 
 __all__ = [
@@ -27,16 +36,23 @@ __all__ = [
     "OP_TYPES",
     "ArchConfig",
     "CompGraph",
+    "ConstantNormEncoding",
+    "ExternalParams",
     "GraphHyperNetwork",
     "HypernetError",
     "LowRankDecoder",
+    "MIPHypernetwork",
     "PredictionReport",
+    "ResidualHead",
     "TiledDecoder",
     "calibrate_norm_stats",
     "comp_graph",
+    "constant_norm_encode",
+    "externalize",
     "from_pretrained",
     "load_hypernet",
     "packaged",
     "predict_parameters",
+    "residual",
     "sample_architectures",
 ]
