@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent("""
 def test_local_parts_cover_the_batch_once():
     batch = list(range(11))
     parts = [local_part(batch, Dist(r, 3)) for r in range(3)]
-    assert sorted(sum(parts, [])) == batch
+    assert sorted(x for p in parts for x in p) == batch
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
@@ -57,7 +57,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(root), str(out)], capture_output=True, text=True, env=env, timeout=300)
+                           str(script), str(root), str(out)], check=False, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     finals = [torch.load(out / f"final-{r}.pt", weights_only=True) for r in range(2)]
@@ -73,4 +73,4 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     assert saved["state"]["epoch"] == 2
     assert abs(saved["state"]["history"][-1]["train_loss"] - torch.load(
         tmp_path / "single" / "last.pt", weights_only=True)["state"]["history"][-1]["train_loss"]) < 1e-4
-    assert not (out / "final-1.pt").stat().st_size == 0 and ref["epochs_run"] == 2
+    assert (out / "final-1.pt").stat().st_size != 0 and ref["epochs_run"] == 2

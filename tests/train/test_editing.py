@@ -57,7 +57,7 @@ class Zero(torch.nn.Module):
 
 def test_zero_edit_scores_the_baseline(inrs):
     task = INREditing()
-    loss, per, base = task.loss(Zero(GMN(out_dim=1, hidden_dim=8, num_layers=1)), Batch.from_data_list(inrs))
+    _loss, per, base = task.loss(Zero(GMN(out_dim=1, hidden_dim=8, num_layers=1)), Batch.from_data_list(inrs))
     torch.testing.assert_close(per, base)
 
 
