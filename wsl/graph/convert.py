@@ -8,10 +8,11 @@ same-architecture checkpoints runs at memory-copy speed.
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 import os
 import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -74,7 +75,27 @@ def trace(module: nn.Module, example_inputs: Any = None, *, cache: bool = True) 
     return spec
 
 
-def _trace(module: nn.Module, state: dict[str, Tensor], args: tuple, kwargs: dict, *, meta: bool) -> NetworkSpec:
+@dataclass
+class TraceState:
+    """What a recording trace runs on: stand-ins for the module's tensors and converted example inputs.
+
+    ``params``: state-dict key -> stand-in (``meta`` tensors, or fresh views sharing storage), one stand-in per
+    storage (tied weights share it); ``names``: ``id(stand-in)`` -> canonical key; ``aliases``: key -> the
+    canonical key it shares storage with; ``buffer_keys``: state keys that are buffers (canonical names in
+    ``buffer_names``); ``args`` / ``kwargs``: the example inputs on the same device kind.
+    """
+
+    params: dict[str, Tensor]
+    names: dict[int, str]
+    aliases: dict[str, str]
+    buffer_keys: set[str]
+    buffer_names: set[str]
+    args: tuple
+    kwargs: dict
+
+
+def trace_state(module: nn.Module, state: dict[str, Tensor], args: tuple, kwargs: dict, *, meta: bool) -> TraceState:
+    """Stand-ins for ``state`` and the inputs (shared by the parameter-graph and computational-graph tracers)."""
     aliases: dict[str, str] = {}
     canonical: dict[int, str] = {}
     for k, v in state.items():
@@ -87,13 +108,10 @@ def _trace(module: nn.Module, state: dict[str, Tensor], args: tuple, kwargs: dic
     names: dict[int, str] = {}
     params: dict[str, Tensor] = {}
     for k, v in state.items():
-        src = canonical[id(v)]
         if id(v) not in subs:
-            t = torch.empty_like(v, device="meta") if meta else v.detach()
-            if not meta:
-                t = t.view_as(t)  # a fresh tensor object sharing storage
+            t = torch.empty_like(v, device="meta") if meta else v.detach().view_as(v)  # fresh object, same storage
             subs[id(v)] = t
-            names[id(t)] = src
+            names[id(t)] = canonical[id(v)]
         params[k] = subs[id(v)]
     if meta:  # non-persistent buffers must live on the same device as everything else
         for k, b in module.named_buffers():
@@ -105,11 +123,17 @@ def _trace(module: nn.Module, state: dict[str, Tensor], args: tuple, kwargs: dic
             return x.to("meta") if meta else x.detach().clone()
         return x
 
-    args_t, kwargs_t = tree_map(conv, args), tree_map(conv, kwargs)
-    tracer = Tracer(module, names, {canonical.get(id(state[k]), k) for k in buffer_keys}, {k: v.shape for k, v in state.items()})
+    return TraceState(params, names, aliases, buffer_keys, {canonical.get(id(state[k]), k) for k in buffer_keys},
+                      tree_map(conv, args), tree_map(conv, kwargs))
+
+
+def _trace(module: nn.Module, state: dict[str, Tensor], args: tuple, kwargs: dict, *, meta: bool) -> NetworkSpec:
+    ts = trace_state(module, state, args, kwargs, meta=meta)
+    aliases, buffer_keys = ts.aliases, ts.buffer_keys
+    tracer = Tracer(module, ts.names, ts.buffer_names, {k: v.shape for k, v in state.items()})
     tracer.builder.buffers_of_state = set(buffer_keys)
     with torch.no_grad():
-        out = tracer.run(params, args_t, kwargs_t)  # NeedRealValues in meta mode: trace() retries on real values
+        out = tracer.run(ts.params, ts.args, ts.kwargs)  # NeedRealValues in meta mode: trace() retries on real values
     outs = []
     for t in _flatten_outputs(out):
         info = tracer.info_of(t)

@@ -35,8 +35,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten
 
+from ..graph.convert import trace_state
 from ..graph.trace import Tracer, default_inputs, func_name
 
 OP_TYPES: tuple[str, ...] = (
@@ -320,37 +321,11 @@ def comp_graph(module: nn.Module, example_inputs: Any = None) -> CompGraph:
 
 def _comp_graph(module: nn.Module, args: tuple, kwargs: dict, *, meta: bool) -> CompGraph:
     state = module.state_dict(keep_vars=True)
-    canonical: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    for k, v in state.items():
-        if id(v) in canonical:
-            aliases[k] = canonical[id(v)]
-        else:
-            canonical[id(v)] = k
-    buffer_keys = {k for k, _ in module.named_buffers() if k in state}
-    subs: dict[int, Tensor] = {}
-    names: dict[int, str] = {}
-    params: dict[str, Tensor] = {}
-    for k, v in state.items():
-        if id(v) not in subs:
-            t = torch.empty_like(v, device="meta") if meta else v.detach().view_as(v)
-            subs[id(v)] = t
-            names[id(t)] = canonical[id(v)]
-        params[k] = subs[id(v)]
-    if meta:
-        for k, b in module.named_buffers():
-            if k not in params and b is not None:
-                params[k] = b.to("meta")
-
-    def conv(x: Any) -> Any:
-        if isinstance(x, Tensor):
-            return x.to("meta") if meta else x.detach().clone()
-        return x
-
-    tracer = OpTracer(module, names, {canonical.get(id(state[k]), k) for k in buffer_keys},
-                      {k: v.shape for k, v in state.items()})
+    ts = trace_state(module, state, args, kwargs, meta=meta)
+    aliases, buffer_keys = ts.aliases, ts.buffer_keys
+    tracer = OpTracer(module, ts.names, ts.buffer_names, {k: v.shape for k, v in state.items()})
     with torch.no_grad():
-        out = tracer.run(params, tree_map(conv, args), tree_map(conv, kwargs))
+        out = tracer.run(ts.params, ts.args, ts.kwargs)
     sink = tracer.new_node("output", "output")
     for t in tree_flatten(out)[0] if not hasattr(out, "to_tuple") else tree_flatten(out.to_tuple())[0]:
         if isinstance(t, Tensor) and id(t) in tracer._node_of:
