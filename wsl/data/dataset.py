@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from ..graph.convert import to_graph, trace
 from ..graph.paramgraph import ParamGraph
 from ..graph.spec import NetworkSpec
-from ..nn.stats import WeightStats, fingerprint
+from ..nn.stats import WeightStats, add_moments, fingerprint
 
 SPLITS = ("train", "val", "test")
 
@@ -216,7 +216,6 @@ class ZooDataset(Dataset):
         statistics are pooled by state-dict key (``"features.1.conv.weight"``) over all training models and
         given to every architecture of the zoo; keys training never saw are left unnormalized.
         """
-        from ..nn.stats import WeightStats
 
         train = self.splits["train"]
         saved = self.indices
@@ -226,17 +225,7 @@ class ZooDataset(Dataset):
                 return WeightStats.fit(self.graph(i) for i in range(len(train)))
             acc: dict[str, list[float]] = {}
             for i in range(len(train)):
-                g = self.graph(i)
-                for key, t in g.spec.tensors.items():
-                    if t.kind == "edges":
-                        v = g.edge_attr[t.offset : t.offset + t.numel, 0]
-                    elif t.kind == "nodes":
-                        v = g.x[t.atoms, t.column]
-                    else:
-                        continue
-                    v = v.double()
-                    s = acc.setdefault(key, [0.0, 0.0, 0])
-                    s[0], s[1], s[2] = s[0] + float(v.sum()), s[1] + float((v * v).sum()), s[2] + v.numel()
+                add_moments(acc, self.graph(i))
         finally:
             self.indices = saved
         if not acc:

@@ -10,6 +10,19 @@ from .generate.digits_cnn import DigitsCNNConfig, generate_digits_cnn
 from .generate.digits_inr import DigitsINRConfig, generate_digits_inr
 
 
+def splits(zoo, *, label: str, group: str, fractions: Sequence[float], seed: int,
+           normalize: bool) -> dict[str, ZooDataset]:
+    """Train / val / test :class:`ZooDataset` s of a zoo split by ``group``; with ``normalize`` every split
+    standardizes weights with statistics of the *training* split."""
+    data = {s: ZooDataset(zoo, s, label=label, group=group, fractions=tuple(fractions), seed=seed)
+            for s in ("train", "val", "test")}
+    if normalize:
+        stats = data["train"].weight_stats()
+        for ds in data.values():
+            ds.transform = stats
+    return data
+
+
 def digits_inr(*, views: int = 1, steps: int = 300, lr: float = 1e-3, limit: int | None = None, seed: int = 0,
                init: str = "independent",
                split_seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1), normalize: bool = True,
@@ -18,13 +31,7 @@ def digits_inr(*, views: int = 1, steps: int = 300, lr: float = 1e-3, limit: int
     in one split), and standardizes weights per layer with statistics of the training split."""
     cfg = DigitsINRConfig(views=views, steps=steps, lr=lr, limit=limit, seed=seed, init=init)
     zoo = generate_digits_inr(cfg, root, progress=progress)
-    data = {s: ZooDataset(zoo, s, label="label", group="image_index", fractions=tuple(fractions), seed=split_seed)
-            for s in ("train", "val", "test")}
-    if normalize:
-        stats = data["train"].weight_stats()
-        for ds in data.values():
-            ds.transform = stats
-    return data
+    return splits(zoo, label="label", group="image_index", fractions=fractions, seed=split_seed, normalize=normalize)
 
 
 def digits_cnn(*, runs: int = 256, seed: int = 0, label: str = "test_accuracy", split_seed: int = 0,
@@ -40,10 +47,4 @@ def digits_cnn(*, runs: int = 256, seed: int = 0, label: str = "test_accuracy", 
     """
     cfg = DigitsCNNConfig(runs=runs, seed=seed, **config)
     zoo = generate_digits_cnn(cfg, root, progress=progress)
-    data = {s: ZooDataset(zoo, s, label=label, group="run", fractions=tuple(fractions), seed=split_seed)
-            for s in ("train", "val", "test")}
-    if normalize:
-        stats = data["train"].weight_stats()
-        for ds in data.values():
-            ds.transform = stats
-    return data
+    return splits(zoo, label=label, group="run", fractions=fractions, seed=split_seed, normalize=normalize)

@@ -37,8 +37,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from ..graph.convert import trace_state
-from ..graph.trace import Tracer, default_inputs, func_name
+from ..graph.convert import _as_inputs, trace_state
+from ..graph.trace import Tracer, func_name
 
 OP_TYPES: tuple[str, ...] = (
     "input", "output", "conv", "conv_transpose", "linear", "bn", "ln", "gn", "instance_norm", "rms_norm",
@@ -286,16 +286,6 @@ def shape_features(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     for x in s[3:]:
         kw *= x
     return (out, inn, kh, kw)
-
-
-def _as_inputs(example_inputs: Any, module: nn.Module) -> tuple[tuple, dict]:
-    if example_inputs is None:
-        example_inputs = default_inputs(module)
-    if isinstance(example_inputs, Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, Mapping):
-        return (), dict(example_inputs)
-    return tuple(example_inputs), {}
 
 
 def comp_graph(module: nn.Module, example_inputs: Any = None) -> CompGraph:

@@ -31,6 +31,22 @@ def fingerprint(spec) -> str:
     return "|".join(parts)
 
 
+def add_moments(acc: dict[str, list[float]], graph: ParamGraph) -> None:
+    """Add each parameter tensor's sum, sum of squares and count (from ``graph``) to ``acc[key]``."""
+    for key, t in graph.spec.tensors.items():
+        if t.kind == "edges":
+            v = graph.edge_attr[t.offset : t.offset + t.numel, 0]
+        elif t.kind == "nodes":
+            v = graph.x[t.atoms, t.column]
+        else:
+            continue
+        v = v.double()
+        s = acc.setdefault(key, [0.0, 0.0, 0.0])
+        s[0] += float(v.sum())
+        s[1] += float((v * v).sum())
+        s[2] += v.numel()
+
+
 class WeightStats:
     """Mean / std per tensor per architecture; call on a graph to attach ``edge_norm`` / ``node_norm``."""
 
@@ -46,19 +62,7 @@ class WeightStats:
         for g in graphs:
             seen += 1
             spec = g.spec
-            fp = acc.setdefault(fingerprint(spec), {})
-            for key, t in spec.tensors.items():
-                if t.kind == "edges":
-                    v = g.edge_attr[t.offset : t.offset + t.numel, 0]
-                elif t.kind == "nodes":
-                    v = g.x[t.atoms, t.column]
-                else:
-                    continue
-                v = v.double()
-                s = fp.setdefault(key, [0.0, 0.0, 0.0])
-                s[0] += float(v.sum())
-                s[1] += float((v * v).sum())
-                s[2] += v.numel()
+            add_moments(acc.setdefault(fingerprint(spec), {}), g)
         if not seen:
             raise ValueError("WeightStats.fit needs at least one graph")
         stats: dict[str, dict[str, tuple[float, float]]] = {}
