@@ -3,6 +3,7 @@
     wsl train -m model=gmn,nggnn,transformer,scalegmn,nfn_np,statnn seed=0,1,2 hydra.sweep.dir=multirun/inr
     python scripts/collect_results.py multirun/inr            # one row per model
     python scripts/collect_results.py multirun/inr --metric accuracy --by model
+    python scripts/collect_results.py multirun/inr multirun/aug --by augment --model gmn   # augmentation table
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ def load(sweep: Path) -> list[dict]:
         if cfg.get("model", {}).get("mode"):
             r["_model"] += "-" + str(cfg["model"]["mode"])
         r["_augment"] = cfg.get("augment", {}).get("_target_", "none").rsplit(".", 1)[-1] if cfg.get("augment") else "none"
+        overrides = path.parent / ".hydra" / "overrides.yaml"  # group choices as given on the command line
+        if overrides.is_file():
+            for line in overrides.read_text().splitlines():
+                key, _, value = line.lstrip("- ").partition("=")
+                if key in ("model", "augment"):
+                    r[f"_{key}"] = value
         r["_seed"] = cfg.get("seed")
         r["_path"] = str(path.parent)
         runs.append(r)
@@ -40,12 +47,15 @@ def fmt(values: list[float], scale: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sweep", type=Path)
+    ap.add_argument("sweep", type=Path, nargs="+", help="one or more sweep directories")
+    ap.add_argument("--model", help="only runs of this model choice (e.g. gmn)")
     ap.add_argument("--metric", action="append", help="test metrics to show (default: all)")
     ap.add_argument("--by", default="model", choices=["model", "augment"], help="row key")
     ap.add_argument("--percent", action="store_true", help="show accuracy-like metrics ×100")
     args = ap.parse_args()
-    runs = load(args.sweep)
+    runs = [r for sweep in args.sweep for r in load(sweep)]
+    if args.model:
+        runs = [r for r in runs if r["_model"] == args.model]
     metrics = args.metric or sorted({k for r in runs for k in r["test"]})
     rows: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
