@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mip", action="store_true", help="MIP residual decoding: theta = theta0 (the model's init) + s * delta")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much wall time")
     p.add_argument("--eval", type=int, default=20, help="held-out test architectures to evaluate at the end")
     p.add_argument("-o", "--output", default=None, help="directory for save_pretrained")
@@ -37,7 +38,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
-    hn = HYPERNETS[a.kind](hidden=a.hidden, decoder=a.decoder, input_shape=[1, *IN_SHAPE])
+    hn = HYPERNETS[a.kind](hidden=a.hidden, decoder=a.decoder, input_shape=[1, *IN_SHAPE], mip=a.mip)
     data = digits()
     t0 = time.time()
     hist = train_ghn(hn, data, steps=a.steps, meta_batch=a.meta_batch, batch_size=a.batch_size, lr=a.lr,

@@ -134,3 +134,25 @@ def test_predict_into_writes_model() -> None:
     p = ghn.predict_into(m, torch.zeros(BUILDERS["transformer"][1]))
     for k, v in p.items():
         assert torch.equal(m.get_parameter(k), v) and not torch.equal(before[k], v)
+
+
+@pytest.mark.parametrize("cls", [GHN2, GHN3])
+def test_mip_option_predicts_residuals_around_the_models_init(cls, tmp_path) -> None:
+    torch.manual_seed(0)
+    models = _mixed()
+    plain, mip = cls(hidden=16), cls(hidden=16, mip=True, mip_scale=0.01)
+    for m, p_plain, p_mip in zip(models, plain(models), mip(models)):
+        for name, p in m.named_parameters():
+            if name not in p_mip:
+                continue
+            # theta = theta0 + 0.01 * delta: close to the model's own init, unlike the plain prediction
+            d_mip = (p_mip[name] - p.detach()).norm()
+            d_plain = (p_plain[name] - p.detach()).norm()
+            assert d_mip <= 0.05 * max(float(d_plain), float(p.norm())) + 1e-6, name
+    loss = sum(v.square().sum() for d in mip(models) for v in d.values())
+    loss.backward()
+    assert mip.mip_log_scale.grad is not None and mip.mip_log_scale.grad.abs().sum() > 0
+    assert mip.op_emb.weight.grad is not None  # the hypernetwork itself still learns through the residual
+    mip.save_pretrained(str(tmp_path / "mip"))
+    back = cls.from_pretrained(str(tmp_path / "mip"))
+    assert back.mip and torch.equal(back.mip_log_scale, mip.mip_log_scale)

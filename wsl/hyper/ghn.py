@@ -17,7 +17,10 @@ Node embeddings (both models): ``h⁰_v = E_op[op_v] + Σ_j E_shape_j[bucket(sha
   (Graphormer, Ying et al. 2021).
 
 Each owned parameter is decoded from ``h_v + E_role[role]`` (:mod:`wsl.hyper.decoders`) and normalized per
-operation. ``forward(models)`` returns one ``{param_name: tensor}`` dict per model (differentiable in θ;
+operation. With ``mip=True`` (magnitude-invariant parametrization, :mod:`wsl.hyper.mip`) the prediction is a
+residual around the target model's own initialization, ``θ = θ₀ + s_role · Δθ``, with learned per-role
+scales ``s`` starting at ``mip_scale``: at the start of training a GHN then returns a normally initialized
+network (a GHN has no continuous inputs, so MIP's constant-norm input encoding does not apply). ``forward(models)`` returns one ``{param_name: tensor}`` dict per model (differentiable in θ;
 use :func:`torch.func.functional_call` to run the model with them); :meth:`GraphHyperNetwork.predict_into`
 writes them into a model.
 
@@ -93,11 +96,13 @@ class GraphHyperNetwork(nn.Module):
 
     def __init__(self, hidden: int = 64, decoder: str = "tiled", tile_out: int = 64, tile_in: int = 64,
                  kernel: int = 5, channels: int = 16, rank: int = 8, s_max: int = 50,
-                 input_shape: list[int] | None = None) -> None:
+                 input_shape: list[int] | None = None, mip: bool = False, mip_scale: float = 0.1) -> None:
         super().__init__()
         self.config: dict[str, Any] = {"hidden": hidden, "decoder": decoder, "tile_out": tile_out,
                                        "tile_in": tile_in, "kernel": kernel, "channels": channels, "rank": rank,
                                        "s_max": s_max, "input_shape": input_shape}
+        if mip:
+            self.config.update(mip=True, mip_scale=mip_scale)
         self.hidden, self.s_max, self.input_shape = hidden, s_max, input_shape
         self.op_emb = nn.Embedding(len(OP_TYPES), hidden)
         self.shape_emb = nn.Embedding(4 * NUM_BUCKETS, hidden)
@@ -111,6 +116,9 @@ class GraphHyperNetwork(nn.Module):
             raise ValueError(f"unknown decoder {decoder!r}; choose 'tiled' or 'lowrank'")
         gains = torch.tensor([[math.log(_INIT_GAIN[r]) for r in ROLES]] * len(OP_TYPES))
         self.log_gain = nn.Parameter(gains)  # [op, role]
+        self.mip = mip
+        if mip:  # MIP residual: theta = theta0 + scale[role] * prediction, scale learned, starting small
+            self.mip_log_scale = nn.Parameter(torch.full((len(ROLES),), math.log(mip_scale)))
 
     # ------------------------------------------------------------------ model
     def embed(self, batch: GraphBatch) -> Tensor:
@@ -171,7 +179,11 @@ class GraphHyperNetwork(nn.Module):
                 iv += 1
                 n = int(torch.Size(shape).numel())
                 w = v.repeat(-(-n // v.numel()))[:n].reshape(shape)
-            out[gi][name] = w.to(dtype=models[gi].get_parameter(name).dtype)
+            p = models[gi].get_parameter(name)
+            if self.mip:  # residual around the target model's own (fresh) initialization theta0
+                delta = w - 1.0 if role == "norm_weight" else w  # norm scales are predicted around 1
+                w = p.detach().to(w) + self.mip_log_scale[ROLE_ID[role]].exp() * delta
+            out[gi][name] = w.to(dtype=p.dtype)
         return out
 
     @torch.no_grad()
