@@ -24,12 +24,14 @@ def load(sweep: Path) -> list[dict]:
         if cfg.get("model", {}).get("mode"):
             r["_model"] += "-" + str(cfg["model"]["mode"])
         r["_augment"] = cfg.get("augment", {}).get("_target_", "none").rsplit(".", 1)[-1] if cfg.get("augment") else "none"
-        overrides = path.parent / ".hydra" / "overrides.yaml"  # group choices as given on the command line
-        if overrides.is_file():
-            for line in overrides.read_text().splitlines():
-                key, _, value = line.lstrip("- ").partition("=")
-                if key in ("model", "augment"):
-                    r[f"_{key}"] = value
+        hydra_file = path.parent / ".hydra" / "hydra.yaml"  # the config-group choices of the run
+        if hydra_file.is_file():
+            from omegaconf import OmegaConf
+
+            choices = OmegaConf.load(hydra_file).hydra.runtime.choices
+            for key in ("model", "augment"):
+                if choices.get(key):
+                    r[f"_{key}"] = choices[key]
         r["_seed"] = cfg.get("seed")
         r["_path"] = str(path.parent)
         runs.append(r)
