@@ -55,6 +55,17 @@ def model_seed(seed: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:7], "little")
 
 
+def open_zoo_dir(path: Path, config: dict[str, Any]) -> Path:
+    """Create ``path`` if needed and return its ``manifest.json`` path; refuse a directory that holds a zoo
+    generated with another configuration (resuming it would mix two zoos)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mf = path / "manifest.json"
+    if mf.is_file() and json.loads(mf.read_text()).get("config") != config:
+        raise ValueError(f"{path} holds a zoo generated with another configuration; "
+                         f"use another root or delete the directory")
+    return mf
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)

@@ -49,6 +49,7 @@ from .common import (
     cache_root,
     config_hash,
     model_seed,
+    open_zoo_dir,
     save_shard,
 )
 from .digits_inr import digit_images
@@ -239,11 +240,7 @@ def generate_digits_cnn(cfg: DigitsCNNConfig = DigitsCNNConfig(), root: str | Pa
     so an interrupted call resumes. ``max_shards`` stops after that many new shards (for tests / budgets).
     """
     path = zoo_path(cfg, root)
-    path.mkdir(parents=True, exist_ok=True)
-    mf = path / "manifest.json"
-    if mf.is_file() and json.loads(mf.read_text()).get("config") != _jsonable(cfg):
-        raise ValueError(f"{path} holds a zoo generated with another configuration; "
-                         f"use another root or delete the directory")
+    mf = open_zoo_dir(path, _jsonable(cfg))
     archs = architectures(cfg)
     arch_index = {json.dumps(a, sort_keys=True): i for i, a in enumerate(archs)}
     num_shards = math.ceil(cfg.runs / cfg.runs_per_shard)

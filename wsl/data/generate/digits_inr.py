@@ -31,6 +31,7 @@ from .common import (
     cache_root,
     config_hash,
     model_seed,
+    open_zoo_dir,
     save_shard,
 )
 
@@ -154,13 +155,7 @@ def generate_digits_inr(cfg: DigitsINRConfig = DigitsINRConfig(), root: str | Pa
     so an interrupted call resumes. ``max_shards`` stops after that many new shards (for tests / budgets).
     """
     path = zoo_path(cfg, root)
-    path.mkdir(parents=True, exist_ok=True)
-    mf = path / "manifest.json"
-    if mf.is_file():
-        old = json.loads(mf.read_text())
-        if old.get("config") != asdict(cfg):
-            raise ValueError(f"{path} holds a zoo generated with another configuration; "
-                             f"use another root or delete the directory")
+    mf = open_zoo_dir(path, asdict(cfg))
     total = cfg.num_images * cfg.views
     num_shards = math.ceil(total / cfg.shard_size)
     images, labels = digit_images(cfg.size)
