@@ -156,3 +156,46 @@ def test_mip_option_predicts_residuals_around_the_models_init(cls, tmp_path) -> 
     mip.save_pretrained(str(tmp_path / "mip"))
     back = cls.from_pretrained(str(tmp_path / "mip"))
     assert back.mip and torch.equal(back.mip_log_scale, mip.mip_log_scale)
+
+
+class _RightOperand(nn.Module):
+    """Weights stored ``[in, out]`` and used as ``x @ W`` / ``addmm(b, x, W)`` (HF ``Conv1D`` layout), next to a
+    ``[out, in]`` weight used through a transposed view (``x @ V.t()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(256, 4))
+        self.b = nn.Parameter(torch.zeros(4))
+        self.u = nn.Parameter(torch.randn(4, 6))
+        self.v = nn.Parameter(torch.randn(3, 6))  # [out, in]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.addmm(self.b, x, self.w)
+        return (h @ self.u) @ self.v.t()
+
+
+def test_fan_in_of_right_operand_weights() -> None:
+    """Fan-in scaling reads axis -2 of ``[in, out]`` weights: std ~ gain / sqrt(in), not gain / sqrt(out)."""
+    m = _RightOperand()
+    g = graph_of(m, torch.zeros(2, 256))
+    assert g.fan_in_axes == {"w": -2, "u": -2}  # v is used transposed: its [out, in] layout is the usual one
+    torch.manual_seed(0)
+    hn = GHN2(hidden=16)
+    pred = hn([m], torch.zeros(2, 256))[0]
+    gains = hn.log_gain.exp()
+    from wsl.hyper.compgraph import OP_TYPES
+    from wsl.hyper.decoders import ROLE_ID
+    gain = float(gains[OP_TYPES.index("linear"), ROLE_ID["weight"]])
+    assert abs(float(pred["w"].std()) - gain / 256 ** 0.5) < 0.2 * gain / 256 ** 0.5
+    assert abs(float(pred["u"].std()) - gain / 4 ** 0.5) < 0.3 * gain / 4 ** 0.5
+    assert abs(float(pred["v"].std()) - gain / 6 ** 0.5) < 0.3 * gain / 6 ** 0.5
+
+
+def test_gpt2_conv1d_fan_in() -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=64, n_head=4, vocab_size=50, n_positions=16)
+    m = transformers.GPT2Model(cfg)
+    g = graph_of(m, torch.zeros(1, 8, dtype=torch.long))
+    conv1d = {k for k, p in m.named_parameters() if k.endswith(("c_attn.weight", "c_fc.weight", "c_proj.weight"))}
+    assert conv1d and conv1d <= set(g.fan_in_axes)
+    assert all(g.fan_in_axes[k] == -2 for k in conv1d)

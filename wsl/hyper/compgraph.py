@@ -91,6 +91,8 @@ _SKIP = {
 }
 # calls on parameters alone that read a table with constant indices: a source node of their own
 _SOURCE_LOOKUPS = {"embedding", "embedding_bag", "__getitem__", "index_select"}
+# matrix products whose argument at this position is the right-hand ``[in, out]`` operand
+_RIGHT_OPERAND = {"matmul": 1, "mm": 1, "bmm": 1, "__matmul__": 1, "addmm": 2, "baddbmm": 2}
 _ELEMENTWISE_BINARY = {n for n, op in _NAME_TO_OP.items() if op in ("sum", "mul")}
 
 
@@ -109,6 +111,9 @@ class CompGraph:
     buffers: dict[str, int] = field(default_factory=dict)  # buffer name -> node that read it
     unused: list[str] = field(default_factory=list)  # parameters the forward never touched
     aliases: dict[str, str] = field(default_factory=dict)  # state-dict key -> key sharing its storage
+    # parameter -> axis holding its fan-in when that is not the usual ``shape[1:]`` (e.g. HF ``Conv1D``'s
+    # ``[in, out]`` weight, used as the right operand of ``addmm``: axis -2)
+    fan_in_axes: dict[str, int] = field(default_factory=dict)
     _dist: Tensor | None = None
 
     @property
@@ -183,6 +188,7 @@ class OpTracer(Tracer):
         self.buf_nodes: dict[str, int] = {}
         self._node_of: dict[int, int] = {}  # id(activation) -> producing node
         self._derived: dict[int, tuple[str, ...]] = {}  # id(tensor) -> parameters it was computed from
+        self.fan_in_axes: dict[str, int] = {}
 
     def new_node(self, op: str, label: str) -> int:
         self.op_names.append(op)
@@ -213,6 +219,7 @@ class OpTracer(Tracer):
             return  # in-place write: the written tensor keeps its producer
         if not outs:
             return
+        self._note_right_operand(name, args)
         srcs = [self._node_of[id(t)] for t in tensors if id(t) in self._node_of]
         params = [p for t in tensors for p in self.params_in(t)]
         learned = list(dict.fromkeys(p for p in params if p not in self.buffers))
@@ -239,6 +246,16 @@ class OpTracer(Tracer):
                 self.edges.add((s, node))
         for t in outs:
             self._remember(self._node_of, t, node)
+
+    def _note_right_operand(self, name: str, args: tuple) -> None:
+        """``x @ W`` / ``addmm(b, x, W)`` with a parameter ``W`` itself (not a transposed view) on the right:
+        ``W`` is stored ``[..., in, out]``, so its fan-in is axis -2."""
+        pos = _RIGHT_OPERAND.get(name)
+        if pos is None or len(args) <= pos or not isinstance(args[pos], Tensor):
+            return
+        w = self.names.get(id(args[pos]))
+        if w is not None and w not in self.buffers and args[pos].dim() >= 2:
+            self.fan_in_axes.setdefault(w, -2)
 
     def _op_type(self, name: str, n_src: int, learned: list[str], tensors: list[Tensor]) -> str | None:
         if name in _SKIP and not learned:
@@ -334,4 +351,5 @@ def _comp_graph(module: nn.Module, args: tuple, kwargs: dict, *, meta: bool) -> 
         buffers=tracer.buf_nodes,
         unused=[k for k in learned if k not in tracer.owned],
         aliases=aliases,
+        fan_in_axes={k: v for k, v in tracer.fan_in_axes.items() if k in learned},
     )

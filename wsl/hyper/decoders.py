@@ -170,15 +170,21 @@ def fit(tile: Tensor, shape: tuple[int, ...], conv: bool,
     return _tile_to(m, (rows, shape[-1]), (False, False)).reshape(shape)
 
 
-def fan_in(shape: tuple[int, ...], op: str) -> int:
+def fan_in(shape: tuple[int, ...], op: str, axis: int | None = None) -> int:
+    """Inputs per output unit of a weight of ``shape``: ``prod(shape[1:])`` (``[out, in, *kernel]``), the
+    in-channels times kernel of a transposed conv, or ``shape[axis]`` when the weight's layout puts its
+    fan-in on ``axis`` (``[in, out]`` weights used as ``x @ W``, see ``CompGraph.fan_in_axes``)."""
     if len(shape) < 2:
         return 1
+    if axis is not None:
+        return int(shape[axis])
     if op == "conv_transpose":
         return int(shape[0] * torch.Size(shape[2:]).numel())
     return int(torch.Size(shape[1:]).numel())
 
 
-def normalize(w: Tensor, role: str, shape: tuple[int, ...], op: str, gain: Tensor) -> Tensor:
+def normalize(w: Tensor, role: str, shape: tuple[int, ...], op: str, gain: Tensor,
+              fan_in_axis: int | None = None) -> Tensor:
     """Operation-dependent normalization (GHN-2) of a raw prediction ``w`` for a tensor of ``shape``
     (``w`` may be the cropped tile that :func:`fit` repeats to ``shape``).
 
@@ -189,7 +195,7 @@ def normalize(w: Tensor, role: str, shape: tuple[int, ...], op: str, gain: Tenso
     if role in ("weight", "embedding"):
         if w.numel() > 1:
             w = (w - w.mean()) / (w.std() + 1e-5)
-        return w * (gain / math.sqrt(fan_in(shape, op)) if role == "weight" else gain)
+        return w * (gain / math.sqrt(fan_in(shape, op, fan_in_axis)) if role == "weight" else gain)
     if role == "norm_weight":
         return 1.0 + gain * torch.tanh(w)
     return gain * torch.tanh(w)

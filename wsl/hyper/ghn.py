@@ -142,7 +142,7 @@ class GraphHyperNetwork(nn.Module):
         return self.decode(h, batch, models)
 
     def decode(self, h: Tensor, batch: GraphBatch, models: list[nn.Module]) -> list[dict[str, Tensor]]:
-        items = []  # (graph index, name, node, shape, op, role)
+        items = []  # (graph index, name, node, shape, op, role, fan-in axis)
         for gi, (g, off) in enumerate(zip(batch.graphs, batch.offsets)):
             params = dict(models[gi].named_parameters())
             for name, node in g.owned.items():
@@ -150,7 +150,8 @@ class GraphHyperNetwork(nn.Module):
                 if p is None or not p.is_floating_point():
                     continue
                 shape, op = tuple(p.shape), g.op_names[node]
-                items.append((gi, name, off + node, shape, op, param_role(name, shape, op)))
+                items.append((gi, name, off + node, shape, op, param_role(name, shape, op),
+                              g.fan_in_axes.get(name)))
         out: list[dict[str, Tensor]] = [{} for _ in models]
         if not items:
             return out
@@ -165,11 +166,12 @@ class GraphHyperNetwork(nn.Module):
         gains = self.log_gain.exp()
         im = iv = 0
         for it in items:
-            gi, name, _, shape, op, role = it
+            gi, name, _, shape, op, role, axis = it
             gain = gains[OP_TYPES.index(op), ROLE_ID[role]]
 
-            def norm(raw: Tensor, role: str = role, shape: tuple = shape, op: str = op, gain: Tensor = gain) -> Tensor:
-                return normalize(raw, role, shape, op, gain)
+            def norm(raw: Tensor, role: str = role, shape: tuple = shape, op: str = op, gain: Tensor = gain,
+                     axis: int | None = axis) -> Tensor:
+                return normalize(raw, role, shape, op, gain, axis)
 
             if len(shape) >= 2:
                 w = fit(mats[im], shape, op in ("conv", "conv_transpose"), norm)
