@@ -7,6 +7,10 @@ same fine-tuning (Adam, lr 1e-3 by default) from each initialization; prints mea
 the share of architectures where the predicted initialization beats the random one.
 
     nice -n 10 python scripts/eval_ghn.py --hypernet ghn2-digits --n 50 --json outputs/eval_ghn.json
+
+``--torchvision resnet18,mobilenet_v2,...`` evaluates torchvision classifiers instead, built with 10 classes
+and their stem adapted to ``1×8×8`` input (:func:`wsl.hyper.adapt.torchvision_for_inputs`: stride-1 3×3 stem
+conv from 1 channel, the stem's max pool removed), same protocol.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import time
 
 import torch
 
+from wsl.hyper.adapt import torchvision_for_inputs
 from wsl.hyper.api import calibrate_norm_stats, load_hypernet
-from wsl.hyper.sampler import sample_architectures
+from wsl.hyper.sampler import IN_SHAPE, sample_architectures
 from wsl.hyper.train import accuracy, digits, finetune
 
 
@@ -36,6 +41,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="fine-tuning optimizer (both inits)")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (both inits)")
+    p.add_argument("--torchvision", default=None, help="comma-separated torchvision model names (adapted to 8x8)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -43,23 +49,29 @@ def main() -> None:
     data = digits()
     calib = [data.x_train[i::4] for i in range(4)]
     torch.manual_seed(a.seed)
-    models = sample_architectures(a.n, a.split, torch.Generator().manual_seed(a.seed))
+    if a.torchvision:
+        names = [n.strip() for n in a.torchvision.split(",") if n.strip()]
+        models = [torchvision_for_inputs(n) for n in names]
+    else:
+        models = sample_architectures(a.n, a.split, torch.Generator().manual_seed(a.seed))
+        names = [m.arch_config.name for m in models]
     rows = []
     t0 = time.time()
-    for i, rand in enumerate(models):
+    for i, (name, rand) in enumerate(zip(names, models)):
         pred = copy.deepcopy(rand)
-        hn.predict_into(pred)
+        hn.predict_into(pred, torch.zeros(1, *IN_SHAPE))
         calibrate_norm_stats(pred, calib)
         calibrate_norm_stats(rand, calib)
         r0, p0 = accuracy(rand, data.x_test, data.y_test), accuracy(pred, data.x_test, data.y_test)
         r1 = finetune(rand, data, epochs=1, lr=a.lr, optimizer=a.optimizer, generator=torch.Generator().manual_seed(i))
         p1 = finetune(pred, data, epochs=1, lr=a.lr, optimizer=a.optimizer, generator=torch.Generator().manual_seed(i))
-        rows.append({"arch": rand.arch_config.name, "random": r0, "predicted": p0, "random_1ep": r1,
+        rows.append({"arch": name, "params": sum(q.numel() for q in rand.parameters()), "random": r0,
+                     "predicted": p0, "random_1ep": r1,
                      "predicted_1ep": p1})
-        print(f"{i:3d} {rand.arch_config.name:45s} no training: random {r0:.3f} predicted {p0:.3f} | "
+        print(f"{i:3d} {name:45s} no training: random {r0:.3f} predicted {p0:.3f} | "
               f"1 epoch: random {r1:.3f} predicted {p1:.3f}", flush=True)
     summary = {
-        "hypernet": a.hypernet, "split": a.split, "optimizer": a.optimizer, "lr": a.lr, "n": len(rows), "seconds": round(time.time() - t0, 1),
+        "hypernet": a.hypernet, "split": "torchvision" if a.torchvision else a.split, "optimizer": a.optimizer, "lr": a.lr, "n": len(rows), "seconds": round(time.time() - t0, 1),
         "random_init": _stats([r["random"] for r in rows]),
         "predicted": _stats([r["predicted"] for r in rows]),
         "random_1ep": _stats([r["random_1ep"] for r in rows]),
