@@ -23,10 +23,10 @@ import torch
 
 from wsl.hyper.ghn import HYPERNETS
 from wsl.hyper.sampler import IN_SHAPE, sample_architectures
-from wsl.hyper.train import digits, evaluate_predicted, train_ghn
+from wsl.hyper.train import Digits, digits, evaluate_predicted, train_ghn
 
 
-def run(kind: str, mip: bool, seed: int, a: argparse.Namespace, data) -> dict:  # noqa: ANN001
+def run(kind: str, mip: bool, seed: int, a: argparse.Namespace, data: Digits) -> dict:
     torch.manual_seed(seed)
     hn = HYPERNETS[kind](hidden=a.hidden, decoder=a.decoder, input_shape=[1, *IN_SHAPE], mip=mip)
     t0 = time.time()
