@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,7 +142,7 @@ def test_predict_into_writes_model() -> None:
 def test_mip_option_predicts_residuals_around_the_models_init(cls, tmp_path) -> None:
     torch.manual_seed(0)
     models = _mixed()
-    plain, mip = cls(hidden=16), cls(hidden=16, mip=True, mip_scale=0.01)
+    plain, mip = cls(hidden=16), cls(hidden=16, mip=True, mip_scale=0.01, mip_base="init")
     for m, p_plain, p_mip in zip(models, plain(models), mip(models)):
         for name, p in m.named_parameters():
             if name not in p_mip:
@@ -155,7 +157,38 @@ def test_mip_option_predicts_residuals_around_the_models_init(cls, tmp_path) -> 
     assert mip.op_emb.weight.grad is not None  # the hypernetwork itself still learns through the residual
     mip.save_pretrained(str(tmp_path / "mip"))
     back = cls.from_pretrained(str(tmp_path / "mip"))
-    assert back.mip and torch.equal(back.mip_log_scale, mip.mip_log_scale)
+    assert back.mip and back.mip_base == "init" and torch.equal(back.mip_log_scale, mip.mip_log_scale)
+
+
+@pytest.mark.parametrize("cls", [GHN2, GHN3])
+def test_mip_learned_base_is_a_named_parameter(cls, tmp_path) -> None:
+    """mip_base="learned": theta0 is the GHN's own named base; with a tiny scale every node of a role (and op)
+    decodes to the normalized base, and the residual still carries node-specific gradients."""
+    torch.manual_seed(0)
+    models = _mixed()
+    hn = cls(hidden=16, mip=True, mip_scale=1e-6)
+    names = dict(hn.named_parameters())
+    assert {"mip_theta0_matrix", "mip_theta0_vector", "mip_log_scale"} <= set(names)
+    preds = hn(models)
+    with torch.no_grad():
+        hn.mip_log_scale.fill_(math.log(1e-6))
+        hn.mip_theta0_matrix.mul_(3.0)  # the base tile drives the prediction: changing it changes outputs
+    moved = hn(models)
+    changed = [k for d0, d1 in zip(preds, moved) for k in d0 if d0[k].dim() >= 2 and not torch.allclose(d0[k], d1[k], rtol=1e-3, atol=1e-5)]
+    assert not changed  # normalization makes the base's overall scale irrelevant ...
+    with torch.no_grad():
+        hn.mip_theta0_matrix.add_(torch.randn_like(hn.mip_theta0_matrix))
+    moved = hn(models)
+    assert any(not torch.allclose(d0[k], d1[k]) for d0, d1 in zip(preds, moved) for k in d0 if d0[k].dim() >= 2)
+    loss = sum((v * torch.randn_like(v)).sum() for d in hn(models) for v in d.values())
+    loss.backward()
+    assert hn.mip_theta0_matrix.grad.abs().sum() > 0 and hn.mip_theta0_vector.grad.abs().sum() > 0
+    assert hn.op_emb.weight.grad is not None and hn.op_emb.weight.grad.abs().sum() > 0
+    hn.save_pretrained(str(tmp_path / "mip"))
+    back = cls.from_pretrained(str(tmp_path / "mip"))
+    assert back.mip_base == "learned" and torch.equal(back.mip_theta0_matrix, hn.mip_theta0_matrix)
+    with pytest.raises(ValueError, match="unknown mip_base"):
+        cls(hidden=16, mip=True, mip_base="zero")
 
 
 class _RightOperand(nn.Module):

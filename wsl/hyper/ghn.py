@@ -17,10 +17,21 @@ Node embeddings (both models): ``h⁰_v = E_op[op_v] + Σ_j E_shape_j[bucket(sha
   (Graphormer, Ying et al. 2021).
 
 Each owned parameter is decoded from ``h_v + E_role[role]`` (:mod:`wsl.hyper.decoders`) and normalized per
-operation. With ``mip=True`` (magnitude-invariant parametrization, :mod:`wsl.hyper.mip`) the prediction is a
-residual around the target model's own initialization, ``θ = θ₀ + s_role · Δθ``, with learned per-role
-scales ``s`` starting at ``mip_scale``: at the start of training a GHN then returns a normally initialized
-network (a GHN has no continuous inputs, so MIP's constant-norm input encoding does not apply). ``forward(models)`` returns one ``{param_name: tensor}`` dict per model (differentiable in θ;
+operation. With ``mip=True`` (magnitude-invariant parametrization, :mod:`wsl.hyper.mip`) the decoder output is
+a residual ``θ₀ + s_role · Δθ`` with learned per-role scales ``s`` starting at ``mip_scale``, and ``θ₀`` chosen
+by ``mip_base``:
+
+* ``"learned"`` (default): ``θ₀`` is a visible, named parameter of the GHN, one base tile per matrix role
+  (``mip_theta0_matrix``) and one base vector per (op, role) (``mip_theta0_vector``), cropped / tiled and
+  normalized like any prediction, so every architecture starts from the same learned base and the GHN learns
+  node-specific residuals;
+* ``"init"``: ``θ₀`` is the target model's own (fresh) initialization, ``θ = θ₀ + s_role · Δθ`` after
+  normalization: a GHN then returns a normally initialized network at the start of training. Each sampled
+  model brings a different random ``θ₀``, which the GHN never sees; in ``scripts/bench_ghn_mip.py`` this
+  variant does not learn within 400 steps (kept for comparison).
+
+A GHN has no continuous inputs (its node features are categorical and end in a LayerNorm, i.e. at constant
+norm already), so MIP's constant-norm input encoding has nothing further to do here. ``forward(models)`` returns one ``{param_name: tensor}`` dict per model (differentiable in θ;
 use :func:`torch.func.functional_call` to run the model with them); :meth:`GraphHyperNetwork.predict_into`
 writes them into a model.
 
@@ -96,13 +107,16 @@ class GraphHyperNetwork(nn.Module):
 
     def __init__(self, hidden: int = 64, decoder: str = "tiled", tile_out: int = 64, tile_in: int = 64,
                  kernel: int = 5, channels: int = 16, rank: int = 8, s_max: int = 50,
-                 input_shape: list[int] | None = None, mip: bool = False, mip_scale: float = 0.1) -> None:
+                 input_shape: list[int] | None = None, mip: bool = False, mip_scale: float = 0.1,
+                 mip_base: str = "learned") -> None:
         super().__init__()
         self.config: dict[str, Any] = {"hidden": hidden, "decoder": decoder, "tile_out": tile_out,
                                        "tile_in": tile_in, "kernel": kernel, "channels": channels, "rank": rank,
                                        "s_max": s_max, "input_shape": input_shape}
         if mip:
-            self.config.update(mip=True, mip_scale=mip_scale)
+            if mip_base not in ("learned", "init"):
+                raise ValueError(f"unknown mip_base {mip_base!r}; choose 'learned' or 'init'")
+            self.config.update(mip=True, mip_scale=mip_scale, mip_base=mip_base)
         self.hidden, self.s_max, self.input_shape = hidden, s_max, input_shape
         self.op_emb = nn.Embedding(len(OP_TYPES), hidden)
         self.shape_emb = nn.Embedding(4 * NUM_BUCKETS, hidden)
@@ -116,9 +130,12 @@ class GraphHyperNetwork(nn.Module):
             raise ValueError(f"unknown decoder {decoder!r}; choose 'tiled' or 'lowrank'")
         gains = torch.tensor([[math.log(_INIT_GAIN[r]) for r in ROLES]] * len(OP_TYPES))
         self.log_gain = nn.Parameter(gains)  # [op, role]
-        self.mip = mip
+        self.mip, self.mip_base = mip, mip_base if mip else None
         if mip:  # MIP residual: theta = theta0 + scale[role] * prediction, scale learned, starting small
             self.mip_log_scale = nn.Parameter(torch.full((len(ROLES),), math.log(mip_scale)))
+        if mip and mip_base == "learned":
+            self.mip_theta0_matrix = nn.Parameter(torch.randn(len(ROLES), tile_out, tile_in, kernel, kernel))
+            self.mip_theta0_vector = nn.Parameter(torch.randn(len(OP_TYPES), len(ROLES), tile_out))
 
     # ------------------------------------------------------------------ model
     def embed(self, batch: GraphBatch) -> Tensor:
@@ -163,6 +180,15 @@ class GraphHyperNetwork(nn.Module):
         vec_rows = [i for i, it in enumerate(items) if len(it[3]) < 2]
         mats = self.decoder.matrix(z[torch.tensor(mat_rows, device=dev)]) if mat_rows else None
         vecs = self.decoder.vector(z[torch.tensor(vec_rows, device=dev)]) if vec_rows else None
+        if self.mip_base == "learned":  # theta0 (learned base) + s_role * delta, before crop and normalization
+            scale = self.mip_log_scale.exp()
+            if mats is not None:
+                r = roles[torch.tensor(mat_rows, device=dev)]
+                mats = self.mip_theta0_matrix[r] + scale[r].view(-1, 1, 1, 1, 1) * mats
+            if vecs is not None:
+                r = roles[torch.tensor(vec_rows, device=dev)]
+                ops = torch.tensor([OP_TYPES.index(items[i][4]) for i in vec_rows], device=dev)
+                vecs = self.mip_theta0_vector[ops, r] + scale[r].view(-1, 1) * vecs
         gains = self.log_gain.exp()
         im = iv = 0
         for it in items:
@@ -182,7 +208,7 @@ class GraphHyperNetwork(nn.Module):
                 n = int(torch.Size(shape).numel())
                 w = v.repeat(-(-n // v.numel()))[:n].reshape(shape)
             p = models[gi].get_parameter(name)
-            if self.mip:  # residual around the target model's own (fresh) initialization theta0
+            if self.mip_base == "init":  # residual around the target model's own (fresh) initialization theta0
                 delta = w - 1.0 if role == "norm_weight" else w  # norm scales are predicted around 1
                 w = p.detach().to(w) + self.mip_log_scale[ROLE_ID[role]].exp() * delta
             out[gi][name] = w.to(dtype=p.dtype)
