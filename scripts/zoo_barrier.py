@@ -29,7 +29,11 @@ from torch import Tensor, nn
 import wsl
 from wsl.align import weight_matching
 from wsl.data.generate.common import ZooDir
-from wsl.data.generate.digits_cnn import DigitsCNNConfig, digits_split, generate_digits_cnn
+from wsl.data.generate.digits_cnn import (
+    DigitsCNNConfig,
+    digits_split,
+    generate_digits_cnn,
+)
 from wsl.merge import loss_barrier, merge, reset_bn
 
 
