@@ -7,6 +7,7 @@
     wsl inspect CKPT --arch timm:resnet18 --plot graph.png        # also draw a (small) network's graph
     wsl demo                                                      # convert + inspect + symmetry check
     wsl train [HYDRA OVERRIDES]                                   # train a metanetwork (configs/, Hydra)
+    wsl train-ghn [HYDRA OVERRIDES]                               # train a graph hypernetwork (configs/ghn.yaml)
     wsl predict --arch torchvision:resnet18 --input-shape 1,3,64,64 -o pred.safetensors --report report.json
     wsl predict --list                                            # packaged hypernetworks
 """
@@ -168,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(sub)
     sub.add_parser("train", help="train a metanetwork (Hydra: `wsl train model=nggnn trainer.epochs=5`, "
                                  "`wsl train --help` for the config groups)")
+    sub.add_parser("train-ghn", help="train a graph hypernetwork on digits (Hydra: `wsl train-ghn hypernet=ghn3 "
+                                     "steps=300`, configs/ghn.yaml)")
     return p
 
 
@@ -178,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.argv = ["wsl train", *argv[1:]]
         train_main()
+        return 0
+    if argv and argv[0] == "train-ghn":
+        from .train.ghn_entry import main as ghn_main
+
+        sys.argv = ["wsl train-ghn", *argv[1:]]
+        ghn_main()
         return 0
     args = build_parser().parse_args(argv)
     from .graph import ConversionError

@@ -64,8 +64,12 @@ def meta_loss(hypernet: GraphHyperNetwork, models: list[nn.Module], x: Tensor, y
 def train_ghn(hypernet: GraphHyperNetwork, data: Digits, *, steps: int = 500, meta_batch: int = 4,
               batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 1e-5, clip: float = 5.0,
               generator: torch.Generator | None = None, log_every: int = 25,
-              log: Callable[[str], None] = print, time_limit: float | None = None) -> list[dict[str, float]]:
-    """Train ``hypernet`` in place on sampled ``train``-split architectures; returns the logged history."""
+              log: Callable[[str], None] = print, time_limit: float | None = None,
+              callback: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    """Train ``hypernet`` in place on sampled ``train``-split architectures; returns the logged history.
+
+    Every ``log_every`` steps a record ``{step, loss, acc, time}`` (means since the last record) is appended,
+    printed through ``log`` and passed to ``callback`` (e.g. a metrics logger)."""
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(hypernet.parameters(), lr=lr, weight_decay=weight_decay)
     hypernet.train()
@@ -95,6 +99,8 @@ def train_ghn(hypernet: GraphHyperNetwork, data: Digits, *, steps: int = 500, me
             rec = {"step": step, "loss": run_loss / k, "acc": run_acc / k, "time": time.perf_counter() - t0}
             history.append(rec)
             log(f"step {step:5d}  loss {rec['loss']:.3f}  train acc {rec['acc']:.3f}  {rec['time']:.0f}s")
+            if callback is not None:
+                callback(rec)
             run_loss = run_acc = 0.0
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
             log(f"time limit of {time_limit:.0f}s reached at step {step}")
