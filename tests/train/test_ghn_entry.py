@@ -26,7 +26,7 @@ def test_train_ghn_option(option: str, tmp_path: Path) -> None:
     out = tmp_path / option
     cmd = [sys.executable, "-m", "wsl.cli", "train-ghn", f"hypernet={option}", "steps=3", "meta_batch=2",
            "batch_size=16", "log_every=1", "eval_archs=2", f"hydra.run.dir={out}"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["steps"] == 3 and len(result["history"]) == 3 and 0.0 <= result["test_arch_mean_acc"] <= 1.0
