@@ -81,3 +81,18 @@ def test_different_architectures_rejected() -> None:
     _, c, _ = build("rescnn")
     with pytest.raises(ValueError, match="different architectures"):
         weight_matching(a, c)
+
+
+def test_align_to_reference_recovers_permuted_copies() -> None:
+    from wsl.align import align_to_reference
+
+    model, a, inputs = build("mlp_relu", seed=1)
+    copies = [a.apply_symmetry(a.spec.sample_symmetry(torch.Generator().manual_seed(s), scale=False))
+              for s in range(4)]
+    out = align_to_reference([a, *copies], reference=0)
+    assert len(out) == 5 and out[0] is not a and torch.equal(out[0].edge_attr, a.edge_attr)
+    for c, g in zip(copies, out[1:]):
+        assert weight_distance(a, c) > 0.1 and weight_distance(a, g) == 0.0
+    _, other, _ = build("rescnn", seed=1)
+    with pytest.raises(ValueError, match="graph 1"):
+        align_to_reference([a, other])

@@ -1,11 +1,12 @@
 """Weight-space alignment: find the neuron permutation that brings one network close to another.
 
 * :func:`weight_matching` — Git Re-Basin weight matching for any architecture ``wsl.to_graph`` supports;
+* :func:`align_to_reference` — weight-match a whole zoo to one network, once (then plain mixup is aligned);
 * :func:`activation_matching` — match neurons by the correlation of their activations on data;
 * :func:`weight_distance` — Euclidean distance between two graphs' learnable values.
 """
 
 from .activation import activation_matching
-from .weight_matching import weight_distance, weight_matching
+from .weight_matching import align_to_reference, weight_distance, weight_matching
 
-__all__ = ["activation_matching", "weight_distance", "weight_matching"]
+__all__ = ["activation_matching", "align_to_reference", "weight_distance", "weight_matching"]

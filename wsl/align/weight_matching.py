@@ -30,6 +30,8 @@ Shapes:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
@@ -235,6 +237,34 @@ def weight_matching(graph_a: ParamGraph, graph_b: ParamGraph, *, max_iter: int =
     return el, graph_b.apply_symmetry(el)
 
 
+def align_to_reference(graphs: Iterable[ParamGraph], reference: ParamGraph | int = 0, *, max_iter: int = 100,
+                       progress: bool = False) -> list[ParamGraph]:
+    """Weight-match every graph to one ``reference`` (a graph, or an index into ``graphs``), once.
+
+    A zoo aligned this way can be mixed with plain :class:`~wsl.augment.MixUp`: each pair is then aligned
+    through the reference instead of with each other, at no per-sample cost (:class:`~wsl.augment.AlignedMixUp`
+    runs a weight matching per pair, milliseconds each). Graphs of another architecture than the reference
+    raise ``ValueError`` naming their position. Returns new graphs (the reference itself is copied as is).
+    """
+    items = list(graphs)
+    ref = items[reference] if isinstance(reference, int) else reference
+    out = []
+    it: Iterable[tuple[int, ParamGraph]] = enumerate(items)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=len(items), desc="aligning to reference", unit="graph")
+    for i, g in it:
+        if g is ref:
+            out.append(g.clone())
+            continue
+        try:
+            out.append(weight_matching(ref, g, max_iter=max_iter)[1])
+        except ValueError as e:
+            raise ValueError(f"align_to_reference: graph {i}: {e}") from None
+    return out
+
+
 def weight_distance(a: ParamGraph, b: ParamGraph) -> float:
     """Euclidean distance between the learnable values of two graphs of one architecture (parameter edges
     and node features; identity edges excluded)."""
@@ -247,4 +277,4 @@ def weight_distance(a: ParamGraph, b: ParamGraph) -> float:
     return float(torch.sqrt(de + dx))
 
 
-__all__ = ["Matcher", "check_same_architecture", "weight_distance", "weight_matching"]
+__all__ = ["Matcher", "align_to_reference", "check_same_architecture", "weight_distance", "weight_matching"]

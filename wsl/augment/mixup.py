@@ -111,7 +111,8 @@ class PermutedMixUp(PairwiseTransform):
 
 @register("aligned_mixup")
 class AlignedMixUp(PairwiseTransform):
-    """Mixup with the partner aligned to the anchor by weight matching first."""
+    """Mixup with the partner aligned to the anchor by weight matching first (one matching per pair, a few ms
+    for small nets; for large zoos align once with :func:`wsl.align.align_to_reference` and use :class:`MixUp`)."""
 
     def __init__(self, alpha: float = 0.2, num_classes: int | None = None, max_iter: int = 20) -> None:
         super().__init__(alpha, num_classes)
