@@ -86,7 +86,7 @@ def test_different_architectures_rejected() -> None:
 def test_align_to_reference_recovers_permuted_copies() -> None:
     from wsl.align import align_to_reference
 
-    model, a, inputs = build("mlp_relu", seed=1)
+    _, a, _ = build("mlp_relu", seed=1)
     copies = [a.apply_symmetry(a.spec.sample_symmetry(torch.Generator().manual_seed(s), scale=False))
               for s in range(4)]
     out = align_to_reference([a, *copies], reference=0)
