@@ -36,7 +36,7 @@ def build(name: str) -> tuple[torch.nn.Module, object]:
     return torchvision.models.get_model(name, weights=None).eval(), torch.zeros(1, 3, 224, 224)
 
 
-def timeit(fn, repeat: int) -> float:  # noqa: ANN001
+def timeit(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
         gc.collect()

@@ -26,7 +26,6 @@ from wsl.hyper.ghn import HYPERNETS
 from wsl.hyper.sampler import IN_SHAPE, sample_architectures
 from wsl.hyper.train import Digits, digits, evaluate_predicted, train_ghn
 
-
 VARIANTS = {"plain": {}, "mip": {"mip": True, "mip_base": "learned"}, "mip-init": {"mip": True, "mip_base": "init"}}
 
 

@@ -14,7 +14,6 @@ from torch import nn
 
 from wsl.io import CheckpointError, check_state_dict, load_checkpoint
 
-
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 
 torchvision = pytest.importorskip("torchvision")
 
-from .zoo_check import check_zoo_model  # noqa: E402
+from .zoo_check import check_zoo_model
 
 MODELS = torchvision.models.list_models(module=torchvision.models)
 FIXED_SIZE = {"vit_": 224, "maxvit": 224, "swin": 224, "inception_v3": 299}

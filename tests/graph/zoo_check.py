@@ -14,7 +14,12 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 import wsl
-from wsl.testing import assert_roundtrip, inconsistent_graph, max_output_diff, randomize_
+from wsl.testing import (
+    assert_roundtrip,
+    inconsistent_graph,
+    max_output_diff,
+    randomize_,
+)
 
 SYM_TOL = 1e-5  # max output change under a symmetry element (float64), relative once outputs exceed 1
 SENSITIVITY = 1e-3  # min relative output change under an inconsistent permutation

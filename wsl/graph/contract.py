@@ -48,7 +48,7 @@ def blockify(tr: Tracer, ids: Tensor, rows: list[int], cols: list[int]) -> Tenso
 
 
 # ------------------------------------------------------------------------------------------ contraction
-def contract(tr: Tracer, a_ids: Tensor, a_shape, b_ids: Tensor, b_shape) -> Tensor | None:  # noqa: ANN001
+def contract(tr: Tracer, a_ids: Tensor, a_shape, b_ids: Tensor, b_shape) -> Tensor | None:
     """Neuron ids of ``A @ B`` (``A: [..., n, k]``, ``B: [..., k, m]``); records ties. ``None``: give up."""
     batch = torch.broadcast_shapes(tuple(a_shape[:-2]), tuple(b_shape[:-2]))
     nd = len(batch) + 2

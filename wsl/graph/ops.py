@@ -34,7 +34,7 @@ def _full(info_ids: Tensor, t: Tensor) -> Tensor:
     return info_ids.expand(t.shape)
 
 
-def _tensors(x) -> list[Tensor]:  # noqa: ANN001
+def _tensors(x) -> list[Tensor]:
     if isinstance(x, Tensor):
         return [x]
     if isinstance(x, (tuple, list)):
@@ -66,7 +66,7 @@ def _substitute(tr: Tracer, call: Call, sub: dict[int, Tensor]) -> tuple[tuple, 
 
     data_only = call.name in _DATA_ONLY
 
-    def f(x):  # noqa: ANN001, ANN202
+    def f(x):
         if isinstance(x, Tensor):
             if id(x) in sub:
                 return sub[id(x)]
@@ -83,7 +83,7 @@ _DATA_ONLY = {"cat", "concat", "concatenate", "stack", "hstack", "vstack"}
 _VIEW_AS_RESHAPE = {"view": "reshape", "view_as": "reshape_as"}
 
 
-def _replay(tr: Tracer, call: Call, sub: dict[int, Tensor]):  # noqa: ANN202
+def _replay(tr: Tracer, call: Call, sub: dict[int, Tensor]):
     args, kwargs = _substitute(tr, call, sub)
     func = call.func
     if call.name in _VIEW_AS_RESHAPE:
@@ -136,7 +136,7 @@ _UNARY = {
     "alpha_dropout", "feature_alpha_dropout", "sqrt", "rsqrt", "reciprocal", "square", "pow", "__pow__",
     "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "erf", "tan", "sign", "round", "floor", "ceil",
     "logsigmoid", "tanhshrink", "exp2", "log1p", "expm1", "softmax", "log_softmax", "softmin", "gelu_",
-    "sigmoid_", "nan_to_num", "__invert__", "logical_not", "isnan", "isinf", "isfinite", "threshold",
+    "nan_to_num", "__invert__", "logical_not", "isnan", "isinf", "isfinite", "threshold",
     "threshold_", "rrelu", "glu_placeholder", "sinh", "cosh", "atan", "log2", "log10", "trunc", "frac",
     "erfc", "erfinv", "deg2rad", "rad2deg", "positive", "__pos__", "normalize_placeholder",
 }
@@ -149,7 +149,7 @@ _CREATION = {
 }
 
 
-def derive_param(tr: Tracer, call: Call, params: list) -> None:  # noqa: ANN001
+def derive_param(tr: Tracer, call: Call, params: list) -> None:
     """An op on a parameter alone (``cls_token.expand``, ``table[index]``, ``logit_scale.exp()``)."""
     outs = _tensors(call.out)
     if not outs:
@@ -290,7 +290,7 @@ def unary(tr: Tracer, call: Call) -> None:
         tr.set_act(t, a.ids.expand(t.shape) if t.shape != x.shape else a.ids, chain)
 
 
-def _next_chain(tr: Tracer, chain, name: str):  # noqa: ANN001, ANN202
+def _next_chain(tr: Tracer, chain, name: str):
     if chain is None:
         return None
     idx, stage = chain
@@ -305,7 +305,7 @@ def _next_chain(tr: Tracer, chain, name: str):  # noqa: ANN001, ANN202
     return None
 
 
-def _break_if(tr: Tracer, old, new) -> None:  # noqa: ANN001
+def _break_if(tr: Tracer, old, new) -> None:
     if old is not None and new is None and old[0] in tr.builder.scale:
         tr.builder.scale[old[0]].broken = True
 
@@ -375,7 +375,7 @@ def merge(tr: Tracer, full: list[Tensor], call: Call) -> Tensor:
     return m[inverse].reshape(full[0].shape)
 
 
-def _arith_chain(tr: Tracer, call: Call, acts):  # noqa: ANN001, ANN202
+def _arith_chain(tr: Tracer, call: Call, acts):
     chains = [a.chain for _, a in acts if a.chain is not None]
     if not chains:
         return None
@@ -448,7 +448,9 @@ def reduce(tr: Tracer, call: Call) -> None:
     chain = a.chain if call.name in ("mean", "sum") and not (set(dims) & set(lab)) else None
     _break_if(tr, a.chain, chain)
     if set(dims) & set(lab):
-        from .contract import blockify  # reducing over part of a head grid declares the blocks
+        from .contract import (
+            blockify,  # reducing over part of a head grid declares the blocks
+        )
 
         rows = [d for d in lab if d not in dims]
         ids = blockify(tr, a.ids, rows, [d for d in lab if d in dims]) if rows else unlabelled(x.ndim)

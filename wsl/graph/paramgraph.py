@@ -33,9 +33,8 @@ Graphs batch with PyG's ``Batch`` / ``DataLoader``: only ``edge_index`` is offse
 
 from __future__ import annotations
 
-from typing import Any
-
 import warnings
+from typing import Any
 
 from torch import Tensor
 

@@ -117,12 +117,12 @@ def _read(path: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
             with safe_open(path, framework="pt") as f:
                 meta = (f.metadata() or {}).get("wsl")
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise GraphFileError(f"{path}: not a readable safetensors file ({e})") from e
     else:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise GraphFileError(f"{path}: not a readable wsl graph file ({type(e).__name__}: {e})") from e
         if not isinstance(payload, dict):
             raise GraphFileError(f"{path}: not a wsl graph file")

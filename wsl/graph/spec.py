@@ -23,7 +23,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .builder import EDGE_TYPE_ID, NODE_COL, NODE_FEATURES, NODE_TYPE_ID, ConversionError, GraphBuilder
+from .builder import (
+    EDGE_TYPE_ID,
+    NODE_COL,
+    NODE_FEATURES,
+    NODE_TYPE_ID,
+    ConversionError,
+    GraphBuilder,
+)
 from .symmetry import POSITIVE, SIGN, SymmetryElement, SymmetryGroups
 
 IO_HIDDEN, IO_INPUT, IO_OUTPUT = 0, 1, 2
@@ -334,7 +341,7 @@ def _layers(n: int, blocks: list, set_starts: list[int]) -> Tensor:
             preds.setdefault(d, set()).update(x for x in s_sets if x != d)
     depth = [0] * len(set_starts)
     for i in range(len(set_starts)):
-        if i in preds and preds[i]:
+        if preds.get(i):
             depth[i] = 1 + max(depth[p] for p in preds[i])
     stops = set_starts[1:] + [n]
     for i, (a, z) in enumerate(zip(set_starts, stops)):

@@ -96,7 +96,7 @@ class _Mode(TorchFunctionMode):
         super().__init__()
         self.tracer = tracer
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.tracer.record(func, args, kwargs, out)
@@ -206,7 +206,9 @@ class Tracer:
                 "Register one with wsl.graph.trace.param_rule, or pass a module that uses supported layers."
             )
         if not has_act:
-            from .ops import derive_param  # parameter-only arithmetic (views, expands, elementwise functions)
+            from .ops import (
+                derive_param,  # parameter-only arithmetic (views, expands, elementwise functions)
+            )
 
             derive_param(self, call, params + buffers)
             return

@@ -33,7 +33,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "load_checkpoint", "check_state_dict"]
+__all__ = ["CheckpointError", "check_state_dict", "load_checkpoint"]
 
 PathLike = Union[str, os.PathLike[str]]
 MapLocation = Union[

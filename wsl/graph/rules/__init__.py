@@ -4,6 +4,6 @@ Each module registers handlers with :func:`wsl.graph.trace.param_rule` (ops that
 :func:`wsl.graph.trace.op_handler` (parameter-free ops). Importing this package registers them all.
 """
 
-from . import attention, conv, embedding, linear, norm  # noqa: F401
+from . import attention, conv, embedding, linear, norm
 
 __all__ = ["attention", "conv", "embedding", "linear", "norm"]

@@ -14,7 +14,15 @@ import torch
 
 from ..builder import ConversionError
 from ..trace import Call, Tracer, param_rule
-from .common import consume, group_heads, input_atoms, output, place_edges, place_nodes, weight_info
+from .common import (
+    consume,
+    group_heads,
+    input_atoms,
+    output,
+    place_edges,
+    place_nodes,
+    weight_info,
+)
 
 _NAMES = ["query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
           "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",

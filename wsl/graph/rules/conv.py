@@ -13,7 +13,16 @@ from __future__ import annotations
 import torch
 
 from ..trace import Call, Tracer, param_rule
-from .common import consume, group_heads, input_atoms, kernel_positions, output, place_edges, place_nodes, weight_info
+from .common import (
+    consume,
+    group_heads,
+    input_atoms,
+    kernel_positions,
+    output,
+    place_edges,
+    place_nodes,
+    weight_info,
+)
 
 
 def _conv(tr: Tracer, call: Call, nd: int, transposed: bool) -> None:

@@ -9,10 +9,18 @@ spatial index (the dense layer acts like a convolution whose kernel covers the w
 from __future__ import annotations
 
 from ..trace import Call, Tracer, param_rule
-from .common import consume, flatten_positions, input_atoms, output, place_edges, place_nodes, weight_info
+from .common import (
+    consume,
+    flatten_positions,
+    input_atoms,
+    output,
+    place_edges,
+    place_nodes,
+    weight_info,
+)
 
 
-def _dense(tr: Tracer, call: Call, x, w, b, transposed: bool) -> None:  # noqa: ANN001
+def _dense(tr: Tracer, call: Call, x, w, b, transposed: bool) -> None:
     """``y = x @ W^T + b`` (``transposed=False``, W is [out, in]) or ``y = x @ W + b`` (W is [in, out])."""
     pw = weight_info(tr, call, w, "weight")
     pb = weight_info(tr, call, b, "bias")

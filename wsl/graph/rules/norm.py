@@ -12,10 +12,18 @@ from __future__ import annotations
 from ..builder import ConversionError
 from ..labels import Act
 from ..trace import Call, Tracer, op_handler, param_rule
-from .common import consume, group_heads, input_atoms, output, place_edges, place_nodes, weight_info
+from .common import (
+    consume,
+    group_heads,
+    input_atoms,
+    output,
+    place_edges,
+    place_nodes,
+    weight_info,
+)
 
 
-def _norm(tr: Tracer, call: Call, x, dim: int, weight, bias, stats=(), groups: int = 1) -> None:  # noqa: ANN001
+def _norm(tr: Tracer, call: Call, x, dim: int, weight, bias, stats=(), groups: int = 1) -> None:
     pw = weight_info(tr, call, weight, "weight")
     pb = weight_info(tr, call, bias, "bias")
     seq = input_atoms(tr, call, x, dim)
