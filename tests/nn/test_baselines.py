@@ -97,6 +97,26 @@ def test_batch_tensors_is_differentiable():
     assert float(batch.x.grad[:, 1:].abs().sum()) == 0
 
 
+@pytest.mark.parametrize("name", ["statnn", "nfn_np"])
+def test_baselines_see_dataset_normalization(name):
+    """A normalizing dataset attaches edge_norm / node_norm: batch_tensors(standardize=True) applies them per
+    tensor, and the baselines read those values (before this, NFN / StatNN silently got raw weights)."""
+    from wsl.nn.stats import WeightStats
+
+    graphs = zoo("mlp", 6)
+    stats = WeightStats.fit(graphs)
+    raw, normed = Batch.from_data_list(graphs), Batch.from_data_list([stats(g) for g in graphs])
+    t_raw, t_std = batch_tensors(raw), batch_tensors(normed, standardize=True)
+    for key, v in t_raw.items():
+        flat = v.double().reshape(-1)
+        assert torch.allclose(t_std[key].double().reshape(-1), (flat - flat.mean()) / flat.std(unbiased=False),
+                              atol=1e-5), key
+    assert all(torch.equal(batch_tensors(raw, standardize=True)[k], v.float()) for k, v in t_raw.items())
+    model = _model(name, graphs[0])
+    with torch.no_grad():
+        assert not _close(model(normed), model(raw))
+
+
 def test_batch_tensors_rejects_mixed_architectures():
     graphs = [make_graph("mlp_relu", 0), zoo("cnn", 1)[0]]
     with pytest.raises(ValueError, match="single-architecture zoo") as err:

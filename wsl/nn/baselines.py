@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..graph.builder import NODE_COL
 from ..graph.paramgraph import ParamGraph
 from .context import as_batch, specs_of
+from .encoders import standardized_values
 from .stats import fingerprint
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -60,19 +61,23 @@ def single_spec(batch) -> tuple[object, int]:
     return ref, len(specs)
 
 
-def batch_tensors(batch: ParamGraph | Sequence[ParamGraph]) -> dict[str, Tensor]:
+def batch_tensors(batch: ParamGraph | Sequence[ParamGraph], *, standardize: bool = False) -> dict[str, Tensor]:
     """Every state-dict tensor stacked over the graphs, ``{key: [B, *shape]}`` (all graphs one architecture).
 
     Built by slicing ``edge_attr`` viewed as ``[B, E]`` and ``x`` as ``[B, N, 3]``, so it is differentiable
     with respect to both; values equal ``graph.to_state_dict()`` stacked (same dtypes, aliases included).
+    With ``standardize``, weights and node values are first standardized by the ``edge_norm`` / ``node_norm``
+    a normalizing dataset attaches (:class:`~wsl.nn.stats.WeightStats`; float32; no-op without them), as
+    the graph metanetworks see them.
     """
     batch = as_batch(batch)
     spec, b = single_spec(batch)
     if batch.edge_attr.shape[0] != b * spec.num_edges or batch.x.shape[0] != b * spec.num_nodes:
         raise ValueError(f"batch has {batch.x.shape[0]} nodes / {batch.edge_attr.shape[0]} edges, expected "
                          f"{b} graphs x {spec.num_nodes} nodes / {spec.num_edges} edges")
-    edges = batch.edge_attr.reshape(b, spec.num_edges)
-    x = batch.x.reshape(b, spec.num_nodes, batch.x.shape[-1])
+    x_all, e_all = standardized_values(batch) if standardize else (batch.x, batch.edge_attr)
+    edges = e_all.reshape(b, spec.num_edges)
+    x = x_all.reshape(b, spec.num_nodes, x_all.shape[-1])
     buffers = getattr(batch, "buffers", None)
     out: dict[str, Tensor] = {}
     for key in spec.keys:
@@ -156,7 +161,7 @@ class StatNN(nn.Module):
             raise ValueError(f"StatNN was first called on another architecture; got {_describe(spec)}. "
                              f"Its input features are architecture-specific: use one model per zoo")
         keys = statistic_keys(spec)
-        tensors = batch_tensors(batch)
+        tensors = batch_tensors(batch, standardize=True)
         dtype = batch.edge_attr.dtype
         return tensor_statistics({k: tensors[k].to(dtype) for k in keys}, keys)
 
@@ -284,7 +289,7 @@ class NFN(nn.Module):
         if fingerprint(spec) != self.fingerprint:
             raise ValueError(f"this NFN was built for {self.arch} but got a batch of {_describe(spec)} "
                              f"({_first_difference(self.spec, spec)}); NFN baselines take one architecture")
-        t = batch_tensors(batch)
+        t = batch_tensors(batch, standardize=True)
         dtype = batch.edge_attr.dtype
         return self._wsfeat([t[w].unsqueeze(1).to(dtype) for w, _ in self.layers],
                             [t[b].unsqueeze(1).to(dtype) for _, b in self.layers])
