@@ -166,3 +166,19 @@ def test_hf_gpt2_graph(name):
     assert _close(out.graph, ref.graph)
     assert el.scale is None  # GELU: no scale / sign symmetry, so edges just permute (ScaleGMN included)
     assert _close(out.edge, ref.edge[g.spec.edge_gather(el.perm)])
+
+
+def test_scalegmn_symmetries_survive_dataset_normalization(graphs):
+    """ScaleGMN divides each tensor by its dataset std (no centering): still scale / sign / permutation
+    invariant, and the normalization does reach the model."""
+    from wsl.nn.stats import WeightStats
+
+    model = _model("scalegmn")
+    stats = WeightStats.fit(graphs)
+    elements, moved = _transform(graphs, seed=5, scale=True)
+    with torch.no_grad():
+        ref = model(Batch.from_data_list([stats(g) for g in graphs]), output="all")
+        out = model(Batch.from_data_list([stats(g) for g in moved]), output="all")
+        raw = model(Batch.from_data_list(graphs), output="all")
+    assert _close(out.graph, ref.graph), (out.graph - ref.graph).abs().max()
+    assert not _close(raw.graph, ref.graph)

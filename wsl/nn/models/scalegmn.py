@@ -31,9 +31,16 @@ class _ScaleEncoder(nn.Module):
         self.ctx_mlp = nn.Sequential(act(), nn.Linear(dim, dim))
 
     def forward(self, batch, node_kind: Tensor, edge_kind: Tensor):
-        # Standardization by dataset statistics would shift values and break equivariance: only the raw
-        # values are used here (ScaleGMN's gates are invariant to the overall scale anyway).
+        # Centering by dataset statistics would break scale / sign equivariance; dividing every tensor by its
+        # dataset std (one constant per tensor, attached by a normalizing dataset as edge_norm / node_norm)
+        # commutes with w_ji -> s_i w_ji / s_j and with permutations, so only that part is applied.
         x, w = batch.x.float(), batch.edge_attr.float()
+        node_norm = getattr(batch, "node_norm", None)
+        if node_norm is not None:
+            x = x / node_norm[:, x.shape[1]:]
+        edge_norm = getattr(batch, "edge_norm", None)
+        if edge_norm is not None:
+            w = w / edge_norm[:, 1:]
         bias = x[:, NODE_COL["bias"] : NODE_COL["bias"] + 1]
         free_n = (node_kind == 0).float()[:, None]
         free_e = (edge_kind == 0).float()[:, None]
