@@ -175,7 +175,7 @@ def test_scalegmn_symmetries_survive_dataset_normalization(graphs):
 
     model = _model("scalegmn")
     stats = WeightStats.fit(graphs)
-    elements, moved = _transform(graphs, seed=5, scale=True)
+    _, moved = _transform(graphs, seed=5, scale=True)
     with torch.no_grad():
         ref = model(Batch.from_data_list([stats(g) for g in graphs]), output="all")
         out = model(Batch.from_data_list([stats(g) for g in moved]), output="all")
