@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from torch_geometric.data import Batch
 
 from wsl.graph.builder import NODE_COL
@@ -182,3 +183,28 @@ def test_scalegmn_symmetries_survive_dataset_normalization(graphs):
         raw = model(Batch.from_data_list(graphs), output="all")
     assert _close(out.graph, ref.graph), (out.graph - ref.graph).abs().max()
     assert not _close(raw.graph, ref.graph)
+
+
+def test_scalegmn_mixed_positive_and_sign_neurons():
+    """A ReLU layer feeding a tanh layer: edges between them carry factors s_tanh / s_relu of any sign and size
+    (edge kind 3); sign-only edges (kind 2) keep magnitudes. Invariant and equivariant outputs still hold."""
+    import wsl
+    from wsl.nn.conv.scale import edge_scale_kind
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 5), nn.Tanh(),
+                        nn.Linear(5, 2))
+    g = wsl.to_graph(net, example_inputs=torch.randn(2, 3))
+    kinds = edge_scale_kind(g.spec.symmetry.scale_kind, *g.edge_index)
+    assert {1, 2, 3} <= set(kinds.tolist())
+    model = _model("scalegmn")
+    for seed in range(3):
+        (el,), (moved,) = _transform([g], seed=seed, scale=True)
+        with torch.no_grad():
+            ref = model(Batch.from_data_list([g]), output="all")
+            out = model(Batch.from_data_list([moved]), output="all")
+        assert _close(out.graph, ref.graph), (out.graph - ref.graph).abs().max()
+        s = el.scale.float()
+        src, dst = g.edge_index
+        edge = (ref.edge * (s[dst] / s[src])[:, None])[g.spec.edge_gather(el.perm)]
+        assert _close(out.edge, edge) and _close(out.node, (ref.node * s[:, None])[el.perm])
