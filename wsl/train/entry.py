@@ -116,18 +116,24 @@ def run(cfg: Any) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run with Hydra; ``argv`` are Hydra overrides (``model=nggnn trainer.epochs=5``, ``-m`` for sweeps)."""
+def hydra_main(command: str, config_name: str, task: Any, argv: list[str] | None = None) -> None:
+    """Run ``task(cfg)`` under Hydra with ``configs/<config_name>.yaml``; ``argv`` are Hydra overrides
+    (``sys.argv`` when None). ``command`` names the CLI in error messages."""
     try:
         import hydra
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise SystemExit('wsl train needs the training extras: pip install -e ".[train]"') from e
-    if not (CONFIG_DIR / "train.yaml").is_file():
-        raise SystemExit(f"wsl train: configs not found at {CONFIG_DIR} (install the repository in editable mode: "
+        raise SystemExit(f'{command} needs the training extras: pip install -e ".[train]"') from e
+    if not (CONFIG_DIR / f"{config_name}.yaml").is_file():
+        raise SystemExit(f"{command}: configs not found at {CONFIG_DIR} (install the repository in editable mode: "
                          f"pip install -e .)")
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="train")(run)()
+    hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=config_name)(task)()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run with Hydra; ``argv`` are Hydra overrides (``model=nggnn trainer.epochs=5``, ``-m`` for sweeps)."""
+    hydra_main("wsl train", "train", run, argv)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .entry import CONFIG_DIR
+from .entry import hydra_main
 
 
 def run(cfg: Any) -> dict[str, Any]:
@@ -74,16 +73,7 @@ def run(cfg: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run with Hydra; ``argv`` are Hydra overrides (``hypernet=ghn3 steps=300``, ``-m`` for sweeps)."""
-    try:
-        import hydra
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise SystemExit('wsl train-ghn needs the training extras: pip install -e ".[train]"') from e
-    if not (CONFIG_DIR / "ghn.yaml").is_file():
-        raise SystemExit(f"wsl train-ghn: configs not found at {CONFIG_DIR} (install the repository in editable "
-                         f"mode: pip install -e .)")
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="ghn")(run)()
+    hydra_main("wsl train-ghn", "ghn", run, argv)
 
 
 if __name__ == "__main__":
