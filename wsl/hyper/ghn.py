@@ -31,9 +31,11 @@ by ``mip_base``:
   variant does not learn within 400 steps (kept for comparison).
 
 A GHN has no continuous inputs (its node features are categorical and end in a LayerNorm, i.e. at constant
-norm already), so MIP's constant-norm input encoding has nothing further to do here. ``forward(models)`` returns one ``{param_name: tensor}`` dict per model (differentiable in θ;
-use :func:`torch.func.functional_call` to run the model with them); :meth:`GraphHyperNetwork.predict_into`
-writes them into a model.
+norm already), so MIP's constant-norm input encoding has nothing further to do here.
+
+``forward(models)`` returns one ``{param_name: tensor}`` dict per model (differentiable in θ; use
+:func:`torch.func.functional_call` to run the model with them); :meth:`GraphHyperNetwork.predict_into` writes
+them into a model.
 
 Shapes:
     ``encode(batch)``: :class:`~wsl.hyper.batch.GraphBatch` with ``N`` nodes -> ``[N, hidden]``.
