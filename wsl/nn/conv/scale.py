@@ -25,11 +25,9 @@ from ..scatter import gather, scatter
 
 def edge_scale_kind(node_kind: Tensor, src: Tensor, dst: Tensor) -> Tensor:
     """Kind of the factor ``s_dst / s_src`` of each edge: 0 when both ends are unscaled, 1 when only
-    positive factors are involved, 2 (``±1``) when only sign flips are, 3 (any nonzero real) when a sign flip
-    meets a positive rescaling."""
+    positive factors are involved, 2 (any nonzero real) as soon as a sign flip is."""
     a, b = node_kind[src], node_kind[dst]
-    sign, pos = (a == 2) | (b == 2), (a == 1) | (b == 1)
-    return torch.where(sign & pos, 3, torch.where(sign, 2, torch.maximum(a, b)))
+    return torch.where((a == 2) | (b == 2), 2, torch.maximum(a, b))
 
 
 def _gate(z: Tensor) -> Tensor:
@@ -40,9 +38,8 @@ def _gate(z: Tensor) -> Tensor:
 class ScaleInvariant(nn.Module):
     """``rho(v)``: a feature of ``v`` invariant to ``v -> s v`` for the kind of ``s``.
 
-    kind 0 (no symmetry): ``act(W v + b)``; kind 1 (``s > 0``): ``act(W v/|v| + b)``; kind 2 (``s = ±1``):
-    ``act(W v + b) + act(-W v + b)`` (symmetrized; magnitudes are invariant and kept — SIREN / tanh neurons);
-    kind 3 (any nonzero ``s``): ``act(W v/|v| + b) + act(-W v/|v| + b)``.
+    kind 0 (no symmetry): ``act(W v + b)``; kind 1 (``s > 0``): ``act(W v/|v| + b)``; kind 2 (any nonzero
+    ``s``, including sign flips): ``act(W v/|v| + b) + act(-W v/|v| + b)`` (symmetrized).
     """
 
     def __init__(self, in_dim: int, out_dim: int, act: type[nn.Module], eps: float = 1e-12) -> None:
@@ -54,10 +51,10 @@ class ScaleInvariant(nn.Module):
 
     def forward(self, v: Tensor, kind: Tensor) -> Tensor:
         norm = torch.sqrt((v * v).sum(-1, keepdim=True) + self.eps)
-        vhat = torch.where(((kind == 1) | (kind == 3))[:, None], v / norm, v)
+        vhat = torch.where(kind[:, None] > 0, v / norm, v)
         z = self.lin(vhat)
         out = self.act(z + self.bias)
-        return out + ((kind == 2) | (kind == 3))[:, None].to(out.dtype) * self.act(self.bias - z)
+        return out + (kind == 2)[:, None].to(out.dtype) * self.act(self.bias - z)
 
 
 class ScaleEquivariantConv(nn.Module):
