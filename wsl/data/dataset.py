@@ -10,17 +10,20 @@
   model a meta field ``arch``; each architecture is built (``architecture(i)``) and traced once, on first
   use, and the converted weights are stored ragged (flat ``edge_attr`` / ``x`` plus ``edge_ptr`` / ``x_ptr``
   offsets). Batches of such a dataset mix architectures, which the metanetworks of :mod:`wsl.nn` accept.
-* **Fixed splits** by a seeded shuffle of *groups* (e.g. the image an INR was fitted to, so its views never
-  straddle train and test), identical on every machine.
+* **Splits**: a source's *official* splits when it has them (``source.splits``, e.g. a published zoo's
+  :class:`~wsl.data.formats.ZooRecords`) or ones passed as ``splits=``; otherwise a seeded shuffle of *groups*
+  (e.g. the image an INR was fitted to, so its views never straddle train and test), identical on every
+  machine. :meth:`ZooDataset.select` views another split of the same converted weights.
 * **Normalization**: :meth:`weight_stats` fits :class:`~wsl.nn.stats.WeightStats` on the training split.
 * **Transforms**: ``transform(graph)`` (e.g. an augmentation) is applied to each item on access.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,21 @@ def split_indices(groups: Tensor, fractions: Sequence[float] = (0.8, 0.1, 0.1), 
     return {k: torch.nonzero(torch.isin(groups, v)).flatten() for k, v in parts.items()}
 
 
+def _checked_splits(splits: Mapping[str, Tensor], n: int, name: str) -> dict[str, Tensor]:
+    """Official split indices as ``{"train", "val", "test"}`` LongTensors (a missing split is empty), checked
+    to index the ``n`` models of the zoo."""
+    unknown = set(splits) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"zoo {name}: unknown split names {sorted(unknown)}; expected {SPLITS}")
+    out = {}
+    for s in SPLITS:
+        idx = torch.as_tensor(splits.get(s, []), dtype=torch.long).reshape(-1)
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise IndexError(f"zoo {name}: split {s!r} names model {int(idx.max())}, but the zoo holds {n} models")
+        out[s] = idx
+    return out
+
+
 class _LayoutWeightStats(WeightStats):
     """:class:`WeightStats` whose per-architecture tensors are cached by fingerprint *and* graph size.
 
@@ -87,17 +105,21 @@ class ZooDataset(Dataset):
         split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
         label: the meta field used as ``graph.y`` (e.g. ``"label"`` for classes, ``"accuracy"``).
         group: the meta field that keeps items together across splits (default: none, items split freely).
-        fractions, seed: the split.
+        fractions, seed: the seeded split (used only without official splits).
         cache: directory for the converted-weights cache (default: next to the zoo if it is a directory).
         transform: applied to every graph on access (augmentations, ``WeightStats``).
+        splits: official ``{"train"|"val"|"test": indices}`` into the source's model order; default: the
+            source's own ``splits`` attribute when it has one (published zoos), else the seeded split.
+        progress: show a progress bar while converting checkpoints (tqdm, when installed).
     """
 
     def __init__(self, source: Any, split: str = "train", *, label: str = "label", group: str | None = None,
                  fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, cache: str | Path | None = None,
-                 transform: Callable[[ParamGraph], ParamGraph] | None = None) -> None:
+                 transform: Callable[[ParamGraph], ParamGraph] | None = None,
+                 splits: Mapping[str, Tensor] | None = None, progress: bool = False) -> None:
         if split not in (*SPLITS, "all"):
             raise ValueError(f"split must be one of {(*SPLITS, 'all')}, got {split!r}")
-        self.source, self.split, self.transform = source, split, transform
+        self.source, self.split, self.transform, self.progress = source, split, transform, progress
         self.mixed = getattr(source, "num_architectures", 1) > 1
         self._models: dict[int, nn.Module] = {}
         self._specs: dict[int, NetworkSpec] = {}
@@ -112,11 +134,27 @@ class ZooDataset(Dataset):
             raise KeyError(f"zoo has no meta field {label!r} to use as label; fields: {sorted(meta)}")
         self.edge_attr, self.x, self.meta = edge, x, meta
         self.labels = meta[label]
-        if group is not None and group not in meta:
-            raise KeyError(f"zoo has no meta field {group!r} to group splits by; fields: {sorted(meta)}")
-        groups = meta[group] if group is not None else torch.arange(self._num_items())
-        self.splits = split_indices(groups, fractions, seed)
+        official = splits if splits is not None else getattr(source, "splits", None)
+        if isinstance(official, Mapping):
+            self.splits = _checked_splits(official, self._num_items(), self._name())
+        else:
+            if group is not None and group not in meta:
+                raise KeyError(f"zoo has no meta field {group!r} to group splits by; fields: {sorted(meta)}")
+            groups = meta[group] if group is not None else torch.arange(self._num_items())
+            self.splits = split_indices(groups, fractions, seed)
         self.indices = torch.arange(self._num_items()) if split == "all" else self.splits[split]
+
+    def select(self, split: str) -> ZooDataset:
+        """The same zoo (converted weights and transform shared, not copied) viewing another split."""
+        if split not in (*SPLITS, "all"):
+            raise ValueError(f"split must be one of {(*SPLITS, 'all')}, got {split!r}")
+        out = copy.copy(self)
+        out.split = split
+        out.indices = torch.arange(self._num_items()) if split == "all" else self.splits[split]
+        return out
+
+    def _name(self) -> str:
+        return str(getattr(self.source, "name", None) or getattr(self.source, "path", None) or self.source)
 
     # ------------------------------------------------------------- architectures
     def architecture(self, a: int = 0) -> nn.Module:
@@ -146,6 +184,8 @@ class ZooDataset(Dataset):
         return Path(base) / f"graphs-{key}.safetensors"
 
     def _load(self, cache: str | Path | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        from .generate.common import Progress
+
         file = self._cache_file(cache)
         complete = getattr(self.source, "complete", True)
         if file is not None and file.is_file():
@@ -153,15 +193,21 @@ class ZooDataset(Dataset):
             self.edge_ptr, self.x_ptr = raw.pop("edge_ptr", None), raw.pop("x_ptr", None)
             return raw.pop("edge_attr"), raw.pop("x"), {k[5:]: v for k, v in raw.items()}
         edges, xs, metas = [], [], []
-        for sd, meta in self.source.state_dicts():
-            if self.mixed and "arch" not in meta:
-                raise KeyError(f"zoo {getattr(self.source, 'path', self.source)} holds several architectures "
-                               f"but its models lack the meta field 'arch' naming theirs")
-            a = int(meta["arch"]) if self.mixed else 0
-            g = to_graph(sd, arch=self.architecture(a), spec=self.spec_of(a))
-            edges.append(g.edge_attr[:, 0])
-            xs.append(g.x)
-            metas.append(meta)
+        total = len(self.source) if hasattr(self.source, "__len__") else None
+        bar = Progress(total, f"converting {self._name()}", enabled=self.progress)
+        try:
+            for sd, meta in self.source.state_dicts():
+                if self.mixed and "arch" not in meta:
+                    raise KeyError(f"zoo {self._name()} holds several architectures "
+                                   f"but its models lack the meta field 'arch' naming theirs")
+                a = int(meta["arch"]) if self.mixed else 0
+                g = to_graph(sd, arch=self.architecture(a), spec=self.spec_of(a))
+                edges.append(g.edge_attr[:, 0])
+                xs.append(g.x)
+                metas.append(meta)
+                bar.update(1)
+        finally:
+            bar.close()
         if not edges:
             raise ValueError(f"zoo {getattr(self.source, 'path', self.source)} holds no models")
         ptrs: dict[str, Tensor] = {}
@@ -174,6 +220,7 @@ class ZooDataset(Dataset):
             edge, x = torch.stack(edges), torch.stack(xs)
         meta = {k: torch.stack([torch.as_tensor(m[k]) for m in metas]) for k in metas[0]}
         if file is not None and complete:
+            file.parent.mkdir(parents=True, exist_ok=True)
             tmp = file.with_name(file.name + ".tmp")
             save_file({"edge_attr": edge, "x": x, **ptrs, **{f"meta.{k}": v for k, v in meta.items()}}, str(tmp))
             os.replace(tmp, file)
@@ -240,6 +287,10 @@ class ZooDataset(Dataset):
 
     @property
     def num_classes(self) -> int:
+        """``max label + 1``; an (Attribute)Error when the labels are real numbers (e.g. test accuracies)."""
+        if self.labels.is_floating_point() and not torch.equal(self.labels, self.labels.round()):
+            raise AttributeError(f"zoo {self._name()}: labels are real numbers (e.g. test accuracies), not class "
+                                 "indices; train a regression task on it (wsl train task=generalization)")
         return int(self.labels.max()) + 1
 
     def __repr__(self) -> str:

@@ -8,12 +8,14 @@ only what is used is read.
 >>> recs = small_cnn_zoo.load("cifar10")                 # doctest: +SKIP
 >>> recs.labels[:3], recs.metadata["config.activation"][:3]
 >>> g = recs.graph(0)                                     # ParamGraph, ``g.y`` = the label
->>> ds = ZooDataset(recs.split("train"), split="all")     # a single-architecture split plugs into ZooDataset
+>>> ds = ZooDataset(recs, "train")                         # the official train split, converted + cached
 >>> loader = torch_geometric.loader.DataLoader(recs.split("train"), batch_size=32)  # or use it directly
 
 Zoos whose models differ in architecture (activation functions, layer widths) keep one module per distinct
-architecture (``archs``) and an index per model (``arch_index``); :meth:`ZooRecords.where` selects models,
-e.g. all ReLU networks, to get a single-architecture source for :class:`~wsl.data.dataset.ZooDataset`.
+architecture (``archs``) and an index per model (``arch_index``). :class:`~wsl.data.dataset.ZooDataset` takes
+them as a mixed zoo (``num_architectures`` > 1, meta ``arch``), or :meth:`ZooRecords.where` selects models, e.g.
+all ReLU networks, to get a single-architecture source. :func:`wsl.data.published.published` builds the
+train / val / test datasets of a zoo's official splits (what the ``data=`` configs call).
 """
 
 from __future__ import annotations
@@ -165,8 +167,18 @@ class ZooRecords:
         digest = hashlib.sha1("\n".join(self.sources).encode()).hexdigest()[:12]
         return {"config": {"zoo": self.name, "models": len(self), "sources": digest}}
 
-    def architecture(self) -> nn.Module:
-        """The single architecture of these models (``ZooDataset`` needs one; select with :meth:`where`)."""
+    @property
+    def num_architectures(self) -> int:
+        """How many distinct architectures these models use (``ZooDataset`` stores more than one ragged)."""
+        return len(set(self.arch_index.tolist()))
+
+    def architecture(self, a: int | None = None) -> nn.Module:
+        """Entry ``a`` of :attr:`archs` (a model's meta ``arch``); without ``a``, the single architecture of
+        these models (an error if they have several: select one with :meth:`where`, or pass ``a``)."""
+        if a is not None:
+            if not 0 <= a < len(self.archs):
+                raise IndexError(f"{self.name}: architecture index {a} out of range for {len(self.archs)} architectures")
+            return self.archs[a]
         used = sorted(set(self.arch_index.tolist()))
         if len(used) != 1:
             raise ValueError(f"{self.name}: these {len(self)} models have {len(used)} different architectures; "
@@ -174,10 +186,11 @@ class ZooRecords:
         return self.archs[used[0]]
 
     def state_dicts(self) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
-        """``(state_dict, meta)`` per model; meta holds ``label`` and the numeric metadata columns."""
-        numeric = [k for k, v in self.metadata.items() if _is_numeric(v)]
+        """``(state_dict, meta)`` per model; meta holds ``label``, ``arch`` (index into :attr:`archs`) and the
+        numeric metadata columns."""
+        numeric = [k for k, v in self.metadata.items() if _is_numeric(v) and k != "arch"]
         for i in range(len(self)):
-            meta = {"label": self.labels[i]}
+            meta = {"label": self.labels[i], "arch": self.arch_index[i]}
             meta.update({k: torch.as_tensor(self.metadata[k][i]) for k in numeric})
             yield self.state_dict(i), meta
 
