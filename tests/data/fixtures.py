@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
@@ -199,9 +200,13 @@ WILD_PARK_SPECS = [
 ]
 
 
-def write_cnn_wild_park(root: Path, *, trials: int = 4, ckpts: int = 2) -> dict:
+def write_cnn_wild_park(root: Path, *, trials: int = 4, ckpts: int = 2,
+                        splits: dict[str, list[int]] | None = None) -> dict:
     """``cifar10_zooV2/<trial>/checkpoint_<k>/checkpoint.pt`` holding model, optimizer, a *pickled config object*
-    (a dataclass of the training code, as the published files hold an OmegaConf object) and ray's state."""
+    (a dataclass of the training code, as the published files hold an OmegaConf object) and ray's state.
+
+    ``splits``: trial numbers per split; writes neural graphs' ``cnn_park_splits.json`` (``path`` / ``score`` /
+    ``step`` lists, paths relative to ``root``) listing every checkpoint of those trials."""
     from tests.data.wild_park_config import CNNConfig
     from wsl.data.formats.cnn_wild_park import WildParkCNN
 
@@ -219,7 +224,60 @@ def write_cnn_wild_park(root: Path, *, trials: int = 4, ckpts: int = 2) -> dict:
                         "iteration": k + 1, "last_result": {"test/acc": 0.3 + 0.01 * t + 0.001 * k,
                                                              "test/loss": 1.5}}, d / "checkpoint.pt")
             states[(t, k)] = model.state_dict()
+    if splits is not None:
+        table = {}
+        for name, ts in splits.items():
+            rel = [f"cifar10_zooV2/NN_tune_trainable_{t:05d}/checkpoint_{k:06d}/checkpoint.pt" for t in ts
+                   for k in range(ckpts)]
+            table[name] = {"path": rel, "score": [0.3 + 0.01 * t + 0.001 * k for t in ts for k in range(ckpts)],
+                           "step": [k + 1 for _ in ts for k in range(ckpts)]}
+        (root / "cnn_park_splits.json").write_text(json.dumps(table))
     return {"states": states}
+
+
+def write_nfn_order(path: Path, n_rows: int, seed: int = 0) -> list[int]:
+    """NFN's ``*_split.csv``: a permutation of the zoo's weights.npy rows, one index per line."""
+    order = np.random.default_rng(seed).permutation(n_rows).tolist()
+    path.write_text("\n".join(str(i) for i in order) + "\n")
+    return order
+
+
+# ---------------------------------------------------------------- published zoos as data= configs
+@dataclass
+class PublishedFixture:
+    """A tiny zoo written for a ``data=<format>`` config: the Hydra overrides that point the config at it, and
+    the sizes of its train / val / test splits *as the fixture defines them* (official lists, or for Model Zoos
+    the zoo convention's seeded split by trial, counted by hand below)."""
+
+    root: Path
+    overrides: list[str]
+    sizes: dict[str, int]
+
+
+def published_fixture(format: str, root: Path) -> PublishedFixture:
+    """Write a tiny zoo of ``format`` under ``root`` (see :class:`PublishedFixture`)."""
+    root.mkdir(parents=True, exist_ok=True)
+    over = [f"data.root={root}"]
+    if format == "dws_inr":  # mnist_splits.json lists 3 INRs per split (a seeded 80/10/10 split would be 7/1/1)
+        write_dws_mnist(root, per_split=3)
+        write_dws_fmnist(root, per_split=2)  # fmnist_inrs/splits.json, for the FashionMNIST recipes
+        return PublishedFixture(root, over, {"train": 3, "val": 3, "test": 3})
+    if format == "nfn_siren":  # images 0-6 train (+ one augmented view each), 7-9 val, 10-11 test
+        write_nfn_sirens(root, n=12, augs=1)
+        return PublishedFixture(root, [*over, "data.split_points=[7,10]", "data.augmentations=1"],
+                                {"train": 14, "val": 3, "test": 2})
+    if format == "small_cnn_zoo":  # 20 runs, final step kept; NFN split: 10 test, 8 / 2 train / val
+        write_small_cnn_zoo(root, runs=20)
+        write_nfn_order(root / "cifar10_split.csv", 20 * 3)
+        return PublishedFixture(root, [*over, f"data.order_csv={root / 'cifar10_split.csv'}"],
+                                {"train": 8, "val": 2, "test": 10})
+    if format == "model_zoos":  # 14 trials, last epoch each; 70/15/15 by trial: floor(9.8)=9, floor(2.1)=2, 3
+        write_model_zoo(root, trials=14, epochs=(0, 1, 2))
+        return PublishedFixture(root, over, {"train": 9, "val": 2, "test": 3})
+    if format == "cnn_wild_park":  # cnn_park_splits.json: trials 0-2 train, 3-4 val, 5-6 test
+        write_cnn_wild_park(root, trials=7, ckpts=1, splits={"train": [0, 1, 2], "val": [3, 4], "test": [5, 6]})
+        return PublishedFixture(root, [*over, "data.splits=cnn_park_splits.json"], {"train": 3, "val": 2, "test": 2})
+    raise ValueError(f"no fixture for published zoo format {format!r}")
 
 
 class Evil:

@@ -21,8 +21,10 @@ pytest.importorskip("sklearn")
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch_geometric.data import Batch
 
+from tests.data import fixtures
 from wsl.nn import GMN
 from wsl.train import Classification, fit
 from wsl.train.entry import CONFIG_DIR, add_augmentation, build_model
@@ -30,11 +32,21 @@ from wsl.train.tasks import Task
 
 REPO = CONFIG_DIR.parent
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
-# small, fast settings for each data option (a data config without an entry here fails the test below)
+# small, fast settings for each data option (a data config without an entry here fails the test below): a list of
+# overrides, or for published zoos (which need data.root) a function writing a tiny zoo under a folder and
+# returning the overrides that point the config at it
 DATA_SMOKE = {
     "digits_inr": ["data.limit=24", "data.steps=10"],
     "digits_cnn": ["data.runs=6", "data.epochs=2"],
+    **{f: (lambda root, f=f: fixtures.published_fixture(f, root).overrides)
+       for f in ("dws_inr", "nfn_siren", "small_cnn_zoo", "model_zoos", "cnn_wild_park")},
 }
+
+
+def data_overrides(option: str, tmp_path: Path) -> list[str]:
+    """DATA_SMOKE's overrides of a data option (writing its fixture zoo under ``tmp_path`` where it needs one)."""
+    smoke = DATA_SMOKE[option]
+    return smoke(tmp_path / "zoo") if callable(smoke) else list(smoke)
 
 
 def options(group: str) -> list[str]:
@@ -117,17 +129,27 @@ def test_augment_option(option, tiny_data, tmp_path):
 def test_data_option(option, tmp_path, monkeypatch):
     assert option in DATA_SMOKE, f"add small settings for configs/data/{option}.yaml to DATA_SMOKE"
     monkeypatch.setenv("WSL_CACHE", str(tmp_path / "cache"))
-    cfg = composed(tmp_path, [f"data={option}", *DATA_SMOKE[option], "data.progress=false"])
+    cfg = composed(tmp_path, [f"data={option}", *data_overrides(option, tmp_path), "data.progress=false"])
     data = instantiate(cfg.data)
     assert set(data) == {"train", "val", "test"} and all(len(v) > 0 for v in data.values())
     assert data["train"][0].edge_attr.shape[1] == 1
 
 
 @pytest.mark.parametrize("option", options("experiment"))
-def test_experiment_option_composes(option, tiny_data, tmp_path):
+def test_experiment_option_composes(option, tiny_data, tmp_path, monkeypatch):
+    """Every recipe composes; a recipe on a published zoo (mandatory data.root) is pointed at a tiny fixture zoo
+    of its format, its data instantiated with the recipe's loader options, and its model built and run there."""
     cfg = composed(tmp_path, [f"+experiment={option}"])
+    data = tiny_data
+    if "root" in cfg.data and OmegaConf.is_missing(cfg.data, "root"):
+        monkeypatch.setenv("WSL_CACHE", str(tmp_path / "cache"))
+        extra = fixtures.published_fixture(cfg.data.format, tmp_path / "zoo").overrides
+        cfg = composed(tmp_path, [f"+experiment={option}", *extra, "data.progress=false"])
+        data = instantiate(cfg.data)
     task = instantiate(cfg.task)
-    assert build_model(instantiate(cfg.model), tiny_data, task) is not None
+    model = build_model(instantiate(cfg.model), data, task)
+    out = model(Batch.from_data_list([data["train"][i] for i in range(2)]))
+    assert out.shape[0] == 2 and torch.isfinite(out).all()
 
 
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
