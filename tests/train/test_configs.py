@@ -146,6 +146,7 @@ def test_experiment_option_composes(option, tiny_data, tmp_path, monkeypatch):
         extra = fixtures.published_fixture(cfg.data.format, tmp_path / "zoo").overrides
         cfg = composed(tmp_path, [f"+experiment={option}", *extra, "data.progress=false"])
         data = instantiate(cfg.data)
+        add_augmentation(data, instantiate(cfg.augment))  # a recipe's augmentation runs on its own data
     task = instantiate(cfg.task)
     model = build_model(instantiate(cfg.model), data, task)
     out = model(Batch.from_data_list([data["train"][i] for i in range(2)]))

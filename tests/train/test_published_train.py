@@ -167,3 +167,22 @@ def test_mixed_architecture_zoo(tmp_path, monkeypatch):
     assert GMN(out_dim=1, hidden_dim=8, num_layers=1)(batch).shape == (len(train), 1)
     with pytest.raises(ValueError, match="architecture"):
         NFN(train[0], out_dim=1)(batch)
+
+
+RECIPES = [("ngg_mnist_inr", "dws_inr", ("model", "scalers", ["identity", "amplification"])),
+           ("nfn_hnp_cifar10_gs", "small_cnn_zoo", ("model", "head_dim", 1000))]
+
+
+@pytest.mark.parametrize("recipe,fmt,setting", RECIPES)
+def test_paper_recipe_runs(recipe, fmt, setting, tmp_path):
+    """``wsl train +experiment=<recipe> data.root=PATH`` (shrunk to one small epoch) on a fixture of its zoo."""
+    fx = fixtures.published_fixture(fmt, tmp_path / "zoo")
+    run = tmp_path / "run"
+    proc = _train([f"+experiment={recipe}", *fx.overrides, "model.hidden_dim=8", "model.num_layers=2",
+                   "trainer.epochs=1", "trainer.batch_size=4", "trainer.progress=false", "trainer.plot=false",
+                   "data.progress=false", f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sizes = SIZES.search(proc.stdout)
+    assert sizes is not None and dict(zip(("train", "val", "test"), map(int, sizes.groups()))) == fx.sizes
+    group, key, value = setting  # a setting of the recipe (not overridden above) reached the run
+    assert json.loads((run / "result.json").read_text())["config"][group][key] == value
