@@ -133,6 +133,31 @@ def test_cnn_wild_park(tmp_path):
     assert off.splits["val"].tolist() == [4, 5] and off.labels.tolist()[5:7] == pytest.approx([0.6, 0.7])
 
 
+def test_zoo_dataset_of_records_keeps_official_splits_and_mixed_architectures(tmp_path):
+    from wsl.data.dataset import ZooDataset
+    from wsl.data.formats import cnn_wild_park
+
+    info = fixtures.write_cnn_wild_park(tmp_path, trials=7, ckpts=1,
+                                        splits={"train": [0, 1, 2], "val": [3, 4], "test": [5, 6]})
+    recs = cnn_wild_park.load(tmp_path, "cnn_park_splits.json")
+    assert recs.num_architectures == 2
+    test = ZooDataset(recs, "test")  # the splits file's test trials, not a seeded re-split
+    assert test.mixed and len(test) == 2
+    for i, trial in enumerate((5, 6)):
+        back = test.graph(i).to_state_dict()
+        for k, v in info["states"][(trial, 0)].items():
+            assert torch.equal(back[k], v), (trial, k)
+    val = test.select("val")
+    assert len(val) == 2 and val.edge_attr is test.edge_attr and len(test) == 2  # a view: nothing re-converted
+    assert ZooDataset(recs, "train", splits={"train": [6], "test": [0]}).splits["val"].numel() == 0
+    with pytest.raises(IndexError, match="names model 99"):
+        ZooDataset(recs, "train", splits={"train": torch.tensor([99])})
+    with pytest.raises(ValueError, match="unknown split names"):
+        ZooDataset(recs, "train", splits={"training": [0]})
+    with pytest.raises(IndexError, match="architecture index 7"):
+        recs.architecture(7)
+
+
 def test_cnn_wild_park_never_runs_pickled_code(tmp_path):
     from wsl.data.formats import cnn_wild_park
 
