@@ -120,3 +120,83 @@ def test_shared_init_starts_every_image_from_one_init(tmp_path):
     assert (indep[0] - indep[2]).abs().max() > 0.05
     with pytest.raises(ValueError, match="init"):
         DigitsINRConfig(init="meta")
+
+
+VARIANTS = DigitsINRConfig(limit=6, variants=3, shard_size=8, steps=20)
+
+
+def test_variants_are_distinct_distortions_of_their_digit(tmp_path):
+    from wsl.data.generate.digits_inr import variant_images
+
+    zoo = generate_digits_inr(VARIANTS, tmp_path, progress=False)
+    items = _all(zoo)
+    assert len(items) == 18 and zoo.manifest["num_models"] == 18
+    _, labels = digit_images(8)
+    meta = [(int(m["image_index"]), int(m["variant"]), int(m["label"])) for _, m in items]
+    assert meta[:4] == [(0, 0, int(labels[0])), (0, 1, int(labels[0])), (0, 2, int(labels[0])), (1, 0, int(labels[1]))]
+    images, _ = digit_images(VARIANTS.size)
+    idx, var = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 1])
+    out = variant_images(images, idx, var, VARIANTS)
+    assert torch.equal(out[0], images[0])  # variant 0 is the digit itself
+    for j in (1, 2, 3):  # distortions: different images, but still close to their digit
+        d = (out[j] - images[idx[j]]).abs().mean()
+        assert 0.01 < d < 0.5 * images[idx[j]].mean(), float(d)
+    assert not torch.equal(out[1], out[2])
+    torch.testing.assert_close(variant_images(images, idx, var, VARIANTS), out, rtol=0, atol=0)  # seeded
+
+
+def test_variants_zoo_is_deterministic_resumable_and_splits_by_source_digit(tmp_path):
+    from wsl.data.dataset import ZooDataset
+
+    full = generate_digits_inr(VARIANTS, tmp_path / "a", progress=False)
+    generate_digits_inr(VARIANTS, tmp_path / "b", progress=False, max_shards=1)
+    resumed = generate_digits_inr(VARIANTS, tmp_path / "b", progress=False, workers=2)  # workers: same result
+    for (sa, _), (sb, _) in zip(_all(full), _all(resumed)):
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6)
+    splits = ZooDataset(full, "train", group="image_index", fractions=(0.5, 0.25, 0.25)).splits
+    digit = ZooDataset(full, "all").meta["image_index"]
+    seen = [set(digit[splits[s]].tolist()) for s in ("train", "val", "test")]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    assert sum(len(splits[s]) for s in splits) == 18 and all(len(splits[s]) % 3 == 0 for s in splits)
+
+
+def test_fast_fit_matches_autograd_adam():
+    from wsl.data.generate.siren_fit import SirenPool, fit_sirens_on_grid
+
+    gen = torch.Generator().manual_seed(0)
+    for depth, out_dim, size in [(1, 1, 8), (2, 1, 12), (3, 3, 10)]:
+        dims = [2] + [16] * depth + [out_dim]
+        init = {}
+        for i in range(len(dims) - 1):
+            init[f"{2 * i}.weight"] = torch.randn(5, dims[i + 1], dims[i], generator=gen) * (0.5 if i == 0 else 0.05)
+            init[f"{2 * i}.bias"] = torch.randn(5, dims[i + 1], generator=gen) * 0.1
+        targets = torch.rand(5, size, size, out_dim, generator=gen).squeeze(-1)
+        ours, mse = fit_sirens_on_grid(init, targets, steps=15, chunk=2)
+        # reference: autograd in float64, torch.optim.Adam, per-INR pixel-mean losses summed
+        params = {k: v.double().requires_grad_() for k, v in init.items()}
+        coords = coordinate_grid(size).double()
+        flat = targets.reshape(5, size * size, -1).double()
+        opt = torch.optim.Adam(params.values(), lr=1e-3)
+        for step in range(16):
+            h = coords.expand(5, *coords.shape)
+            for j in range(depth + 1):
+                h = torch.baddbmm(params[f"{2 * j}.bias"][:, None], h, params[f"{2 * j}.weight"].transpose(1, 2))
+                h = torch.sin(30.0 * h) if j < depth else h
+            per_inr = ((h - flat) ** 2).mean(dim=(1, 2))
+            if step == 15:
+                break
+            opt.zero_grad()
+            per_inr.sum().backward()
+            opt.step()
+        for k in init:
+            err = (ours[k].double() - params[k].detach()).abs().max() / params[k].detach().abs().max()
+            assert err < 1e-4, (depth, k, float(err))
+        torch.testing.assert_close(mse.double(), per_inr.detach(), rtol=1e-3, atol=1e-6)
+        with SirenPool(workers=2, chunk=2) as pool:  # split over processes: the same result
+            par, mse2 = pool.fit(init, targets, steps=15)
+        for k in init:
+            torch.testing.assert_close(par[k], ours[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="2 input coordinates"):
+        fit_sirens_on_grid({"0.weight": torch.zeros(1, 4, 3), "0.bias": torch.zeros(1, 4),
+                            "2.weight": torch.zeros(1, 1, 4), "2.bias": torch.zeros(1, 1)}, torch.zeros(1, 8, 8))

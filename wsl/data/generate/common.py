@@ -50,9 +50,11 @@ def config_hash(config: Any) -> str:
     return hashlib.sha1(blob).hexdigest()[:10]
 
 
-def model_seed(seed: int, index: int) -> int:
-    """Independent, reproducible seed per model (does not depend on batching or interruption)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:7], "little")
+def model_seed(seed: int, index: int, stream: str = "") -> int:
+    """Independent, reproducible seed per model (does not depend on batching or interruption); ``stream``
+    names an independent sequence for another use (e.g. ``"distort"``) with the same ``(seed, index)``."""
+    key = f"{seed}:{index}" if not stream else f"{stream}:{seed}:{index}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "little")
 
 
 def open_zoo_dir(path: Path, config: dict[str, Any]) -> Path:

@@ -1,10 +1,16 @@
 """digits-INR: SIRENs fitted to scikit-learn's bundled digit images — the local MNIST-INR benchmark.
 
-Each of the 1,797 ``sklearn.datasets.load_digits`` images (8x8) is upsampled (bilinear) to ``size x size``
-and fitted by ``views`` independently initialized SIRENs ``2 -> hidden -> ... -> 1`` (``sin(w0 x)``
-activations, SIREN initialization). Labels are the digit classes. Fitting is batched: a whole shard of
-INRs trains at once with batched matmuls (every INR has its own parameters and Adam state; the summed
-loss keeps their gradients independent).
+Each of the 1,797 ``sklearn.datasets.load_digits`` images (8x8) is upsampled (bilinear) to ``size x size``;
+with ``variants > 1`` every digit also appears as ``variants - 1`` seeded random distortions of it
+(:mod:`.distort`: affine + elastic), each a distinct image. Every image is fitted by ``views`` SIRENs
+``2 -> hidden -> ... -> 1`` (``sin(w0 x)`` activations, SIREN initialization); ``init="independent"`` gives
+every INR its own random initialization (the convention of the published MNIST / FashionMNIST / CIFAR-10
+INR zoos), ``init="shared"`` one per view index. Labels are the digit classes; ``image_index`` names the
+*source* digit, so splits by it keep all variants of a digit together. Fitting is batched with
+hand-written gradients (:mod:`.siren_fit`; every INR has its own parameters and Adam state).
+
+The benchmark-convention zoo is ``DigitsINRConfig(variants=12, init="independent")``: 21,564 INRs, one per
+distinct image, an independent init each (``wsl train data=digits_inr_bench``).
 
 >>> zoo = generate_digits_inr(DigitsINRConfig(views=1))      # doctest: +SKIP
 >>> for state_dict, meta in zoo.state_dicts(): ...           # meta: label, image_index, view, mse
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from itertools import pairwise
@@ -34,6 +41,8 @@ from .common import (
     open_zoo_dir,
     save_shard,
 )
+from .distort import distort
+from .siren_fit import SirenPool, coordinate_grid, fit_sirens_on_grid  # noqa: F401  (coordinate_grid re-exported)
 
 NUM_DIGITS = 1797
 
@@ -65,7 +74,9 @@ def siren(in_dim: int = 2, hidden: int = 32, depth: int = 2, out_dim: int = 1, w
 @dataclass(frozen=True)
 class DigitsINRConfig:
     size: int = 28  # image side after upsampling
-    views: int = 1  # independently initialized INRs per image
+    views: int = 1  # INRs per image (each its own fit; with init="shared" view v starts from init v)
+    variants: int = 1  # distinct images per source digit: the original + (variants - 1) random distortions
+    distortion: float = 1.0  # strength of the distortions (scales every range of distort.Distortion)
     hidden: int = 32
     depth: int = 2  # hidden layers
     w0: float = 30.0
@@ -79,6 +90,8 @@ class DigitsINRConfig:
     def __post_init__(self) -> None:
         if self.init not in ("independent", "shared"):
             raise ValueError(f"DigitsINRConfig.init must be 'independent' or 'shared', got {self.init!r}")
+        if self.views < 1 or self.variants < 1:
+            raise ValueError(f"DigitsINRConfig views and variants must be >= 1, got {self.views}, {self.variants}")
 
     @property
     def num_images(self) -> int:
@@ -96,13 +109,6 @@ def digit_images(size: int = 28) -> tuple[Tensor, Tensor]:
     if size != 8:
         img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=True)
     return img[:, 0].clamp(0, 1), torch.tensor(d.target, dtype=torch.long)
-
-
-def coordinate_grid(size: int) -> Tensor:
-    """Pixel centres in ``[-1, 1]^2``, ``[size*size, 2]`` in row-major (y, x) order."""
-    lin = torch.linspace(-1, 1, size)
-    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-    return torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=-1)
 
 
 def siren_init(cfg: DigitsINRConfig, generator: torch.Generator) -> dict[str, Tensor]:
@@ -128,19 +134,9 @@ def batched_siren(params: dict[str, Tensor], coords: Tensor, w0: float) -> Tenso
 
 
 def fit_sirens(init: dict[str, Tensor], targets: Tensor, cfg: DigitsINRConfig) -> tuple[dict[str, Tensor], Tensor]:
-    """Fit one SIREN per target image (batched); returns the fitted stacked parameters and per-INR MSE."""
-    params = {k: v.clone().requires_grad_() for k, v in init.items()}
-    coords = coordinate_grid(cfg.size)
-    flat = targets.reshape(targets.shape[0], -1)
-    opt = torch.optim.Adam(params.values(), lr=cfg.lr)
-    for _ in range(cfg.steps):
-        opt.zero_grad(set_to_none=True)
-        mse = (batched_siren(params, coords, cfg.w0) - flat).square().mean(dim=1)
-        mse.sum().backward()
-        opt.step()
-    with torch.no_grad():
-        mse = (batched_siren(params, coords, cfg.w0) - flat).square().mean(dim=1)
-    return {k: v.detach() for k, v in params.items()}, mse
+    """Fit one SIREN per target image (batched, hand-written gradients: :mod:`.siren_fit`); returns the fitted
+    stacked parameters and per-INR MSE."""
+    return fit_sirens_on_grid(init, targets, w0=cfg.w0, steps=cfg.steps, lr=cfg.lr)
 
 
 def zoo_path(cfg: DigitsINRConfig, root: str | Path | None = None) -> Path:
@@ -148,15 +144,17 @@ def zoo_path(cfg: DigitsINRConfig, root: str | Path | None = None) -> Path:
 
 
 def generate_digits_inr(cfg: DigitsINRConfig = DigitsINRConfig(), root: str | Path | None = None, *,
-                        progress: bool = True, max_shards: int | None = None) -> ZooDir:
+                        progress: bool = True, max_shards: int | None = None, workers: int | None = None) -> ZooDir:
     """Build (or finish building, or just open) the digits-INR zoo for ``cfg``; returns it as a :class:`ZooDir`.
 
     ``root`` defaults to ``<cache>/zoos/digits-inr-<config hash>``. Completed shards are kept and skipped,
     so an interrupted call resumes. ``max_shards`` stops after that many new shards (for tests / budgets).
+    ``workers``: processes that fit INRs side by side, one thread each (default: one per CPU core, up to 8,
+    for zoos of 1,024 INRs or more still to fit; otherwise in this process). The result does not depend on it.
     """
     path = zoo_path(cfg, root)
     mf = open_zoo_dir(path, asdict(cfg))
-    total = cfg.num_images * cfg.views
+    total = cfg.num_images * cfg.variants * cfg.views
     num_shards = math.ceil(total / cfg.shard_size)
     images, labels = digit_images(cfg.size)
     shards, done = [], 0
@@ -168,30 +166,57 @@ def generate_digits_inr(cfg: DigitsINRConfig = DigitsINRConfig(), root: str | Pa
     bar = Progress(total, "digits-INR zoo", progress, initial=done)
     new = 0
     t0 = time.perf_counter()
-    for s in range(num_shards):
-        name = f"shard_{s:05d}.safetensors"
-        if (path / name).is_file():
-            continue
-        if max_shards is not None and new >= max_shards:
-            break
-        lo, hi = s * cfg.shard_size, min(total, (s + 1) * cfg.shard_size)
-        idx = torch.arange(lo, hi)
-        img_idx, view = idx // cfg.views, idx % cfg.views
-        inits = [siren_init(cfg, torch.Generator().manual_seed(_init_seed(cfg, int(m), int(v))))
-                 for m, v in zip(idx, view)]
-        stacked = {k: torch.stack([p[k] for p in inits]) for k in inits[0]}
-        params, mse = fit_sirens(stacked, images[img_idx], cfg)
-        meta = {"label": labels[img_idx], "image_index": img_idx, "view": view, "mse": mse.float()}
-        save_shard(path / name, params, meta)
-        shards.append({"file": name, "count": hi - lo})
-        shards.sort(key=lambda d: d["file"])
-        new += 1
-        _write_manifest(mf, cfg, shards, total)
-        psnr = float((-10 * torch.log10(mse.clamp(min=1e-12))).mean())
-        bar.update(hi - lo, psnr=f"{psnr:.1f}dB")
+    with SirenPool(_num_workers(workers, total - done)) as pool:
+        for s in range(num_shards):
+            if max_shards is not None and new >= max_shards:
+                break
+            new += _build_shard(s, cfg, path, images, labels, shards, mf, total, bar, pool)
     bar.close()
     _write_manifest(mf, cfg, shards, total, seconds=time.perf_counter() - t0 if new else None)
     return ZooDir(path)
+
+
+def _num_workers(workers: int | None, remaining: int) -> int:
+    if workers is not None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        return workers
+    return min(os.cpu_count() or 1, 8) if remaining >= 1024 else 1
+
+
+def _build_shard(s: int, cfg: DigitsINRConfig, path: Path, images: Tensor, labels: Tensor, shards: list, mf: Path,
+                 total: int, bar: Progress, pool: SirenPool) -> int:
+    """Fit and save shard ``s`` unless it exists; returns 1 if it was built."""
+    name = f"shard_{s:05d}.safetensors"
+    if (path / name).is_file():
+        return 0
+    lo, hi = s * cfg.shard_size, min(total, (s + 1) * cfg.shard_size)
+    idx = torch.arange(lo, hi)
+    img_idx, variant, view = idx // (cfg.variants * cfg.views), (idx // cfg.views) % cfg.variants, idx % cfg.views
+    inits = [siren_init(cfg, torch.Generator().manual_seed(_init_seed(cfg, int(m), int(v))))
+             for m, v in zip(idx, view)]
+    stacked = {k: torch.stack([p[k] for p in inits]) for k in inits[0]}
+    params, mse = pool.fit(stacked, variant_images(images, img_idx, variant, cfg), w0=cfg.w0, steps=cfg.steps,
+                           lr=cfg.lr)
+    meta = {"label": labels[img_idx], "image_index": img_idx, "variant": variant, "view": view, "mse": mse.float()}
+    save_shard(path / name, params, meta)
+    shards.append({"file": name, "count": hi - lo})
+    shards.sort(key=lambda d: d["file"])
+    _write_manifest(mf, cfg, shards, total)
+    psnr = float((-10 * torch.log10(mse.clamp(min=1e-12))).mean())
+    bar.update(hi - lo, psnr=f"{psnr:.1f}dB")
+    return 1
+
+
+def variant_images(images: Tensor, image_index: Tensor, variant: Tensor, cfg: DigitsINRConfig) -> Tensor:
+    """The images to fit: variant 0 is the digit itself, variant ``v > 0`` its distortion seeded by
+    ``(seed, digit, v)`` (independent of sharding and of ``views``)."""
+    out = images[image_index].clone()
+    for j in torch.nonzero(variant > 0).flatten().tolist():
+        m, v = int(image_index[j]), int(variant[j])
+        g = torch.Generator().manual_seed(model_seed(cfg.seed, m * cfg.variants + v, stream="distort"))
+        out[j] = distort(images[m : m + 1], g, strength=cfg.distortion)[0]
+    return out
 
 
 def _init_seed(cfg: DigitsINRConfig, index: int, view: int) -> int:
