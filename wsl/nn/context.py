@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -64,6 +65,13 @@ class GraphContext:
         return cls(src=src, dst=dst, node_batch=nb, edge_batch=nb[src], num_nodes=n, num_graphs=g,
                    in_count=count(dst, n, dtype), out_count=count(src, n, dtype),
                    node_count=count(nb, g, dtype), specs=specs_of(batch))
+
+    def cached(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per batch: layers share index tensors derived from the batch (hop
+        pairs appended to the edge list, sort orders, ...) instead of rebuilding them in every layer."""
+        if key not in self._extra:
+            self._extra[key] = make()
+        return self._extra[key]
 
     def scale_kind(self) -> Tensor:
         """Per-node scale symmetry kind from the specs (0 none, 1 positive scale, 2 sign flip)."""

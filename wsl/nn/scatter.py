@@ -168,7 +168,7 @@ class _ScatterExtreme(torch.autograd.Function):
             hit = src == out.index_select(0, index)
             filled = int(torch.bincount(index, minlength=dim_size).count_nonzero())
             ties = None
-            if int(hit.sum()) != filled * (src.numel() // max(src.shape[0], 1)):
+            if int(hit.count_nonzero()) != filled * (src.numel() // max(src.shape[0], 1)):
                 ties = _sum(hit.to(src.dtype), index, dim_size).clamp_(min=1)
             ctx.save_for_backward(hit, index, ties)
         return out
@@ -178,7 +178,8 @@ class _ScatterExtreme(torch.autograd.Function):
         hit, index, ties = ctx.saved_tensors
         if ties is not None:
             grad = grad / ties
-        return grad.index_select(0, index).mul_(hit), None, None, None
+        # a bool -> float conversion goes through a slow path; the same bytes read as uint8 convert fast
+        return grad.index_select(0, index).mul_(hit.view(torch.uint8).to(grad.dtype)), None, None, None
 
 
 def scatter_extreme(src: Tensor, index: Tensor, dim_size: int, reduce: str = "max") -> Tensor:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..context import GraphContext
-from ..scatter import gather, scatter, segment_softmax
+from ..scatter import gather, scatter
 from .common import EdgeUpdate, norm_layer
 
 
@@ -45,29 +46,51 @@ class RelationalAttentionConv(nn.Module):
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, ek: Tensor, ev: Tensor, frm: Tensor, to: Tensor,
                 n: int) -> Tensor:
+        """Attention of every ``to`` node over its ``frm`` neighbours; ``ek`` / ``ev`` (fresh ``[E', d]``
+        tensors) are overwritten with ``k[frm] + ek`` / ``v[frm] + ev``. Returns ``[N, d]``."""
         hd = self.dim // self.heads
-        kk = (gather(k, frm) + ek).view(-1, self.heads, hd)
+        kk = ek.add_(gather(k, frm)).view(-1, self.heads, hd)
         logits = (gather(q, to).view(-1, self.heads, hd) * kk).sum(-1) / math.sqrt(hd)
-        alpha = segment_softmax(logits, to, n)
-        vv = (gather(v, frm) + ev).view(-1, self.heads, hd) * alpha[..., None]
+        alpha = _softmax(logits, to, n)
+        vv = ev.add_(gather(v, frm)).view(-1, self.heads, hd) * alpha[..., None]
         return scatter(vv.view(-1, self.dim), to, n, "sum")
 
-    def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor]:
-        n, d = ctx.num_nodes, self.dim
-        qkv = self.qkv(h).split(3 * d, dim=-1)
-        ekv = self.edge_kv(e).split(2 * d, dim=-1)
+    def _edge_kv(self, e: Tensor, ctx: GraphContext, direction: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(ek, ev, frm, to)`` of one direction. ``ek`` / ``ev`` are two ``[E, d]`` matmuls with rows of
+        ``edge_kv`` (not slices of one ``[E, 2d * dirs]`` output: no wide edge tensor, no concatenation of
+        its gradient); with ``hops > 1`` the hop pairs' embeddings are appended."""
+        d, w = self.dim, self.edge_kv.weight
+        o = 2 * d * direction
+        ek, ev = F.linear(e, w[o : o + d]), F.linear(e, w[o + d : o + 2 * d])
         src, dst = ctx.src, ctx.dst
         if self.hop_kv is not None:
             (hs, hdst), length = ctx.hop_edges(self.hops)
-            hkv = self.hop_kv(length - 2).split(2 * d, dim=-1)
-            src, dst = torch.cat([src, hs]), torch.cat([dst, hdst])
-            ekv = tuple(torch.cat([a, b]) for a, b in zip(ekv, hkv))
+            hkv = self.hop_kv(length - 2)
+            ek = torch.cat([ek, hkv[:, o : o + d]])
+            ev = torch.cat([ev, hkv[:, o + d : o + 2 * d]])
+            src, dst = ctx.cached(f"hop_src{self.hops}", lambda: torch.cat([ctx.src, hs])), \
+                ctx.cached(f"hop_dst{self.hops}", lambda: torch.cat([ctx.dst, hdst]))
+        return (ek, ev, src, dst) if direction == 0 else (ek, ev, dst, src)
+
+    def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor]:
+        n, d = ctx.num_nodes, self.dim
+        qkv = self.qkv(h)
         outs = []
         for direction in range(self.dirs):
-            q, k, v = qkv[direction].split(d, dim=-1)
-            ek, ev = ekv[direction].split(d, dim=-1)
-            frm, to = (src, dst) if direction == 0 else (dst, src)
+            o = 3 * d * direction
+            q, k, v = qkv[:, o : o + d], qkv[:, o + d : o + 2 * d], qkv[:, o + 2 * d : o + 3 * d]
+            ek, ev, frm, to = self._edge_kv(e, ctx, direction)
             outs.append(self._attend(q, k, v, ek, ev, frm, to, n))
         h = self.norm1(h + self.drop(self.out(torch.cat(outs, dim=-1))))
         h = self.norm2(h + self.drop(self.ffn(h)))
         return h, self.edge(h, e, ctx.src, ctx.dst)
+
+
+def _softmax(logits: Tensor, index: Tensor, n: int) -> Tensor:
+    """Softmax of ``logits`` ``[E, heads]`` over the entries sharing ``index`` (what
+    :func:`~wsl.nn.scatter.segment_softmax` computes; the shift is always torch's native ``amax``, which
+    beats torch-scatter's kernel on CPU, and the normalizer is divided in place)."""
+    top = logits.detach().new_zeros((n, logits.shape[1])).scatter_reduce_(
+        0, index[:, None].expand_as(logits), logits.detach(), "amax", include_self=False)
+    z = torch.exp(logits - top.index_select(0, index))
+    return z / (z.new_zeros((n, z.shape[1])).index_add_(0, index, z).index_select(0, index) + 1e-16)

@@ -1,19 +1,106 @@
 """Neural Graphs layer: PNA aggregation (mean / min / max / std with degree scalers) of FiLM-modulated
-messages, followed by an edge update."""
+messages, followed by an edge update.
+
+Speed notes (issue #13). Edges outnumber nodes 10-20x in parameter graphs, so a layer costs what it does per
+edge. The FiLM message and all four aggregators of one direction run as one autograd node
+(:class:`_FilmAggregate`): the ``mean`` and ``std`` share one edge sum, ``max`` / ``min`` keep a boolean mask
+of the winning entries instead of re-gathering with an ``[E, d]`` index in backward, and the backward builds
+the message gradient once, from node-level coefficients (``mean`` and ``std`` reduce to ``A[to] + B[to] * msg``).
+``gamma`` / ``beta`` are two ``[E, d]`` matmuls rather than slices of one ``[E, 4d]`` output, so no
+wide edge tensor is allocated or concatenated in backward.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..context import GraphContext
-from ..scatter import gather, scatter
 from .common import EdgeUpdate, NodeUpdate
 
 AGGREGATORS = ("mean", "min", "max", "std")
 SCALERS = ("identity", "amplification", "attenuation")
+STD_EPS = 1e-5
+
+
+def _as_float(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """bool -> float through a uint8 view (the direct bool conversion takes a slow path on CPU)."""
+    return mask.view(torch.uint8).to(dtype)
+
+
+class _FilmAggregate(torch.autograd.Function):
+    """``msg = x[frm] * gamma1 + beta`` reduced into ``to`` by each aggregator, concatenated.
+
+    Shapes: ``x`` ``[N, d]``, ``gamma1`` / ``beta`` ``[E, d]``, ``frm`` / ``to`` ``[E]``, ``counts`` ``[N]``
+    (edges per ``to`` row) -> ``[N, d * len(aggregators)]``. ``std`` is ``sqrt(var + 1e-5)`` of the
+    population variance (0 for rows without edges); ``max`` / ``min`` split the gradient among ties.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, gamma1: Tensor, beta: Tensor, frm: Tensor, to: Tensor,  # type: ignore[override]
+                counts: Tensor, n: int, aggregators: tuple[str, ...]) -> Tensor:
+        xg = x.index_select(0, frm)
+        msg = torch.addcmul(beta, xg, gamma1)
+        d = msg.shape[1]
+        c = counts.clamp(min=1)[:, None].to(msg.dtype)
+        outs: dict[str, Tensor] = {}
+        saved: dict[str, Tensor] = {}
+        if "mean" in aggregators or "std" in aggregators:
+            outs["mean"] = mean = msg.new_zeros((n, d)).index_add_(0, to, msg).div_(c)
+        if "std" in aggregators:
+            var_raw = msg.new_zeros((n, d)).index_add_(0, to, msg * msg).div_(c).sub_(mean * mean)
+            sd = var_raw.clamp(min=0).add_(STD_EPS).sqrt_()
+            outs["std"] = sd * (counts > 0).to(msg.dtype)[:, None]
+            saved.update(mean=mean, var_raw=var_raw, sd=sd)
+        for a in ("max", "min"):
+            if a in aggregators:
+                out = msg.new_zeros((n, d)).scatter_reduce_(0, to.view(-1, 1).expand_as(msg), msg,
+                                                             "amax" if a == "max" else "amin", include_self=False)
+                hit = msg == out.index_select(0, to)
+                ties = None
+                if int(hit.count_nonzero()) != int((counts > 0).count_nonzero()) * d:
+                    ties = _as_float(hit, msg.dtype).new_zeros((n, d)).index_add_(
+                        0, to, _as_float(hit, msg.dtype)).clamp_(min=1)
+                outs[a] = out
+                saved[f"{a}_hit"] = hit
+                if ties is not None:
+                    saved[f"{a}_ties"] = ties
+        ctx.aggregators, ctx.n, ctx.keys = aggregators, n, list(saved)
+        ctx.save_for_backward(xg, gamma1, msg if "std" in aggregators else None, frm, to, counts, x,
+                              *saved.values())
+        return torch.cat([outs[a] for a in aggregators], dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        xg, gamma1, msg, frm, to, counts, x, *rest = ctx.saved_tensors
+        saved = dict(zip(ctx.keys, rest))
+        grads = dict(zip(ctx.aggregators, grad.split(gamma1.shape[1], dim=-1)))
+        c = counts.clamp(min=1)[:, None].to(grad.dtype)
+        # d msg = A[to] + B[to] * msg (mean, std) + sum over max / min of G[to] * hit
+        a_coef = grads["mean"] / c if "mean" in grads else None
+        b_coef = None
+        if "std" in grads:
+            pos = (counts > 0).to(grad.dtype)[:, None] * (saved["var_raw"] >= 0).to(grad.dtype)
+            g_var = grads["std"] * pos / (2 * saved["sd"])
+            b_coef = 2 * g_var / c
+            a_std = -saved["mean"] * b_coef
+            a_coef = a_std if a_coef is None else a_coef + a_std
+        gm = None
+        if a_coef is not None:
+            gm = a_coef.index_select(0, to)
+        if b_coef is not None:
+            gm.addcmul_(b_coef.index_select(0, to), msg)
+        for a in ("max", "min"):
+            if a in grads:
+                g = grads[a] / saved[f"{a}_ties"] if f"{a}_ties" in saved else grads[a]
+                part = g.index_select(0, to).mul_(_as_float(saved[f"{a}_hit"], grad.dtype))
+                gm = part if gm is None else gm.add_(part)
+        g_x = x.new_zeros(x.shape).index_add_(0, frm, gm * gamma1) if ctx.needs_input_grad[0] else None
+        g_gamma = gm * xg if ctx.needs_input_grad[1] else None
+        return g_x, g_gamma, gm, None, None, None, None, None
 
 
 class PNAConv(nn.Module):
@@ -24,6 +111,8 @@ class PNAConv(nn.Module):
     every degree scaler (``log(d+1)/delta``, ``delta/log(d+1)``), and is updated from the concatenation;
     ``bidirectional`` adds the same over outgoing edges with separate weights. Then edges are updated from
     ``[e, h_src, h_dst]``. ``delta`` is PNA's average ``log(degree + 1)``; it only sets the scalers' scale.
+
+    Shapes: ``h`` ``[N, d]``, ``e`` ``[E, d]`` -> ``(h' [N, d], e' [E, d])``.
     """
 
     def __init__(self, dim: int, act: type[nn.Module], *, bidirectional: bool = True,
@@ -45,32 +134,31 @@ class PNAConv(nn.Module):
         self.node = NodeUpdate(dim, dim * (1 + dirs), act, norm, dropout)
         self.edge = EdgeUpdate(dim, act, edge_norm, dropout)
 
-    def _aggregate(self, msg: Tensor, index: Tensor, counts: Tensor, n: int) -> Tensor:
-        outs = [scatter(msg, index, n, a, counts=counts) for a in self.aggregators]
-        agg = torch.cat(outs, dim=-1)
+    def _scale(self, agg: Tensor, counts: Tensor) -> Tensor:
+        """``[N, k] -> [N, k * len(scalers)]``: the aggregates times every degree scaler (node level)."""
         logd = torch.log(counts.clamp(min=1) + 1)[:, None]
-        scaled = []
-        for s in self.scalers:
-            if s == "identity":
-                scaled.append(agg)
-            elif s == "amplification":
-                scaled.append(agg * (logd / self.delta))
-            else:
-                scaled.append(agg * (self.delta / logd))
-        return torch.cat(scaled, dim=-1)
+        factor = {"identity": None, "amplification": logd / self.delta, "attenuation": self.delta / logd}
+        return torch.cat([agg if factor[s] is None else agg * factor[s] for s in self.scalers], dim=-1)
+
+    def _direction(self, node_msg: Tensor, e: Tensor, frm: Tensor, to: Tensor, counts: Tensor, n: int,
+                   k: int) -> Tensor:
+        """Aggregated FiLM messages of direction ``k`` (0: along edges, 1: against them), ``[N, d * #aggr]``.
+        ``1 + gamma`` is folded into gamma's bias."""
+        d, w, b = self.dim, self.film.weight, self.film.bias
+        g0, b0 = 2 * k * d, 2 * k * d + d
+        gamma1 = F.linear(e, w[g0:b0], b[g0:b0] + 1)
+        beta = F.linear(e, w[b0 : b0 + d], b[b0 : b0 + d])
+        return _FilmAggregate.apply(node_msg[:, k * d : (k + 1) * d], gamma1, beta, frm, to, counts, n,
+                                    self.aggregators)
 
     def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor]:
-        n, d = ctx.num_nodes, self.dim
-        node_msg = self.msg_node(h).split(d, dim=-1)
-        film = self.film(e).split(2 * d, dim=-1)
+        n = ctx.num_nodes
+        node_msg = self.msg_node(h)
         parts = [h]
-        # forward direction: messages from sources into targets
-        gamma, beta = film[0].split(d, dim=-1)
-        msg = gather(node_msg[0], ctx.src) * (1 + gamma) + beta
-        parts.append(self.post[0](self._aggregate(msg, ctx.dst, ctx.in_count, n)))
-        if self.bidirectional:
-            gamma, beta = film[1].split(d, dim=-1)
-            msg = gather(node_msg[1], ctx.dst) * (1 + gamma) + beta
-            parts.append(self.post[1](self._aggregate(msg, ctx.src, ctx.out_count, n)))
+        directions = [(ctx.src, ctx.dst, ctx.in_count), (ctx.dst, ctx.src, ctx.out_count)]
+        for k in range(2 if self.bidirectional else 1):
+            frm, to, cnt = directions[k]
+            agg = self._direction(node_msg, e, frm, to, cnt, n, k)
+            parts.append(self.post[k](self._scale(agg, cnt)))
         h = self.node(h, torch.cat(parts, dim=-1))
         return h, self.edge(h, e, ctx.src, ctx.dst)

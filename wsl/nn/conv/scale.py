@@ -17,10 +17,10 @@ forward message passing composes equivariantly, exactly like the network's own f
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..context import GraphContext
-from ..scatter import gather, scatter
 
 
 def edge_scale_kind(node_kind: Tensor, src: Tensor, dst: Tensor) -> Tensor:
@@ -35,11 +35,22 @@ def _gate(z: Tensor) -> Tensor:
     return 2 * torch.sigmoid(z)
 
 
+def _half_gate(a: Tensor, x: Tensor, y: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+    """``sigmoid(a + x[src] + y[dst])``, ``[E, d]``: half of :func:`_gate` of an edge term ``a`` (a fresh
+    tensor, overwritten) plus two gathered node terms. The factor 2 is applied where the gate is used
+    (``2 * (m * s)`` is exactly ``m * (2 * s)`` in floating point) so it costs no edge-level pass."""
+    return torch.sigmoid_(a.add_(x.index_select(0, src)).add_(y.index_select(0, dst)))
+
+
 class ScaleInvariant(nn.Module):
     """``rho(v)``: a feature of ``v`` invariant to ``v -> s v`` for the kind of ``s``.
 
     kind 0 (no symmetry): ``act(W v + b)``; kind 1 (``s > 0``): ``act(W v/|v| + b)``; kind 2 (any nonzero
     ``s``, including sign flips): ``act(W v/|v| + b) + act(-W v/|v| + b)`` (symmetrized).
+    ``|v|`` is ``sqrt(|v|^2 + eps)``. ``W (v / |v|)`` is computed as ``(W v) / |v|`` (the linear map has no
+    bias), so no normalized copy of ``v`` is materialized.
+
+    Shapes: ``v`` ``[M, in_dim]``, ``kind`` ``[M]`` -> ``[M, out_dim]``.
     """
 
     def __init__(self, in_dim: int, out_dim: int, act: type[nn.Module], eps: float = 1e-12) -> None:
@@ -50,11 +61,10 @@ class ScaleInvariant(nn.Module):
         self.eps = eps
 
     def forward(self, v: Tensor, kind: Tensor) -> Tensor:
-        norm = torch.sqrt((v * v).sum(-1, keepdim=True) + self.eps)
-        vhat = torch.where(kind[:, None] > 0, v / norm, v)
-        z = self.lin(vhat)
-        out = self.act(z + self.bias)
-        return out + (kind == 2)[:, None].to(out.dtype) * self.act(self.bias - z)
+        sumsq = torch.linalg.vector_norm(v, dim=-1, keepdim=True).square()
+        inv = torch.where(kind[:, None] > 0, torch.rsqrt(sumsq + self.eps), 1.0)
+        z = self.lin(v) * inv
+        return torch.addcmul(self.act(z + self.bias), (kind == 2)[:, None].to(z.dtype), self.act(self.bias - z))
 
 
 class ScaleEquivariantConv(nn.Module):
@@ -67,6 +77,13 @@ class ScaleEquivariantConv(nn.Module):
       invariant keeps the *relative* size of a neuron's state and its messages;
     * edge update ``e_ji += C(e_ji) * gate(rho(e_ji), rho(h_j), rho(h_i), structure)``.
     Gates are bounded to ``(0, 2)``, so states grow at most linearly per layer.
+
+    Edge-level work is kept to ``[E, d]`` tensors: the edge invariant plus context is formed once and feeds
+    both edge gates, each gate's linear map is a ``[E, d]`` matmul with rows of ``gate_edge`` (no ``[E, 2d]``
+    output to split), gates are summed in place, and their factor 2 is applied after the edge sums.
+
+    Shapes: ``h`` ``[N, d]``, ``e`` ``[E, d]``, ``node_ctx`` ``[N, d]``, ``edge_ctx`` ``[E, d]``, ``node_kind``
+    ``[N]``, ``edge_kind`` ``[E]`` -> ``(h' [N, d], e' [E, d])``.
     """
 
     def __init__(self, dim: int, act: type[nn.Module], *, bidirectional: bool = True) -> None:
@@ -89,28 +106,31 @@ class ScaleEquivariantConv(nn.Module):
         self.edge_gate_n = nn.Linear(dim, 2 * dim, bias=False)
         self.edge_lin = nn.Linear(dim, dim, bias=False)
 
+    def _edge_gate_term(self, u: Tensor, k: int) -> Tensor:
+        """Row block ``k`` of ``gate_edge(u)``, ``[E, d]``."""
+        d = self.dim
+        return F.linear(u, self.gate_edge.weight[k * d : (k + 1) * d], self.gate_edge.bias[k * d : (k + 1) * d])
+
     def forward(self, h: Tensor, e: Tensor, ctx: GraphContext, node_ctx: Tensor, edge_ctx: Tensor,
                 node_kind: Tensor, edge_kind: Tensor) -> tuple[Tensor, Tensor]:
         d, n, src, dst = self.dim, ctx.num_nodes, ctx.src, ctx.dst
         # ---- messages
-        r = self.rho_node(h, node_kind)
-        re = self.rho_edge(e, edge_kind)
-        gn = self.gate_node(r).split(d, dim=-1)
-        ge = self.gate_edge(re + edge_ctx).split(d, dim=-1)
-        g_fwd = _gate(ge[0] + gather(gn[0], src) + gather(gn[1], dst))
-        m_in = scatter(self.msg(e * gather(h, src)) * g_fwd, dst, n, "sum") / ctx.in_count.clamp(min=1)[:, None]
+        gn = self.gate_node(self.rho_node(h, node_kind)).split(d, dim=-1)
+        u = self.rho_edge(e, edge_kind).add_(edge_ctx)  # invariant edge features, shared by all edge gates
+        s_fwd = _half_gate(self._edge_gate_term(u, 0), gn[0], gn[1], src, dst)
+        m = self.msg(e * h.index_select(0, src)).mul_(s_fwd)
+        m_in = m.new_zeros((n, d)).index_add_(0, dst, m).mul_(2) / ctx.in_count.clamp(min=1)[:, None]
         parts = [h, m_in]
         if self.back is not None:
-            g_bwd = _gate(ge[1] + gather(gn[2], src) + gather(gn[3], dst))
-            g_bwd = scatter(g_bwd, src, n, "sum") / ctx.out_count.clamp(min=1)[:, None]
+            s_bwd = _half_gate(self._edge_gate_term(u, 1), gn[2], gn[3], src, dst)
+            g_bwd = s_bwd.new_zeros((n, d)).index_add_(0, src, s_bwd).mul_(2) / ctx.out_count.clamp(min=1)[:, None]
             parts.append(self.back(h) * g_bwd)
         # ---- node update
         joint = torch.cat(parts, dim=-1)
         gate = _gate(self.update_gate(torch.cat([self.rho_joint(joint, node_kind), node_ctx], dim=-1)))
         h = h + self.update(joint) * gate
         # ---- edge update
-        r = self.rho_node2(h, node_kind)
-        a, b = self.edge_gate_n(r).split(d, dim=-1)
-        g_edge = _gate(self.edge_gate_e(re + edge_ctx) + gather(a, src) + gather(b, dst))
-        e = e + self.edge_lin(e) * g_edge
+        a, b = self.edge_gate_n(self.rho_node2(h, node_kind)).split(d, dim=-1)
+        s_edge = _half_gate(self.edge_gate_e(u), a, b, src, dst)
+        e = torch.addcmul(e, self.edge_lin(e), s_edge, value=2.0)
         return h, e
