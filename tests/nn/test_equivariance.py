@@ -18,6 +18,9 @@ from .archs import make_graph, mixed_graphs
 MODELS = {
     "gmn": lambda: GMN(out_dim=3, hidden_dim=16, num_layers=3),
     "gmn_sum_unidirectional": lambda: GMN(out_dim=3, hidden_dim=16, num_layers=2, aggr="sum", bidirectional=False),
+    "gmn_batchnorm_sine_edgepool": lambda: GMN(out_dim=3, hidden_dim=16, num_layers=3, norm="batch",
+                                               edge_norm="batch", value_encoding="sine", readout="nodes+edges"),
+    "gmn_no_residual_no_norm": lambda: GMN(out_dim=3, hidden_dim=16, num_layers=2, norm=False, residual=False),
     "nggnn": lambda: NGGNN(out_dim=3, hidden_dim=16, num_layers=3),
     "transformer": lambda: RelationalTransformer(out_dim=3, hidden_dim=16, num_layers=3),
     "transformer_2hop": lambda: RelationalTransformer(out_dim=3, hidden_dim=16, num_layers=2, hops=2),

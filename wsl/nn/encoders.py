@@ -48,6 +48,37 @@ class FourierFeatures(nn.Module):
         return torch.cat([v, torch.sin(ang), torch.cos(ang)], dim=-1)
 
 
+class SineFeatures(nn.Module):
+    """Learned sinusoidal features ``v -> sin(v A + b)`` (``A`` ``[in, out]``, ``b`` ``[out]``, trained), the value
+    encoding of GMN's reference code (``Linear(1, d)`` then ``sin``). With ``nn.Linear``'s default initialization
+    the frequencies start below ``1 / sqrt(in)`` rad per unit: smooth features of standardized values, sharpened
+    only where training finds it pays."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(in_dim, out_dim)
+        self.dim = out_dim
+
+    def out_dim(self, in_dim: int) -> int:
+        return self.dim
+
+    def forward(self, v: Tensor) -> Tensor:
+        return torch.sin(self.lin(v))
+
+
+VALUE_ENCODINGS = ("fourier", "sine")
+
+
+def value_features(kind: str, in_dim: int, dim: int, num_freqs: int) -> nn.Module:
+    """Encoder of ``in_dim`` value channels: ``"fourier"`` (fixed :class:`FourierFeatures`, ``num_freqs``
+    octaves from pi) or ``"sine"`` (:class:`SineFeatures` of width ``dim``); both have ``out_dim(in_dim)``."""
+    if kind == "fourier":
+        return FourierFeatures(num_freqs)
+    if kind == "sine":
+        return SineFeatures(in_dim, dim)
+    raise ValueError(f"value_encoding must be one of {VALUE_ENCODINGS}, got {kind!r}")
+
+
 def standardized_values(batch) -> tuple[Tensor, Tensor]:
     """``(node values [N, 3], edge values [E, 1])`` as float32, standardized by ``node_norm`` / ``edge_norm``
     when the batch carries them."""
@@ -97,22 +128,25 @@ class StructureEncoder(nn.Module):
 class GraphEncoder(nn.Module):
     """Initial node and edge states ``(h [N, d], e [E, d])``.
 
-    Nodes: Fourier features of ``x`` (bias, running stats) projected, plus the structure embeddings, then
-    ``act -> Linear``. Edges: one linear map of ``[Fourier(w), one-hot edge type, kernel offset]`` — a
-    single edge-level matmul; the Fourier features already make it non-linear in the weight value, and the
-    first layer's edge update follows.
+    Nodes: value features of ``x`` (bias, running stats) projected, plus the structure embeddings, then
+    ``act -> Linear``. Edges: one linear map of ``[features(w), one-hot edge type, kernel offset]`` — a
+    single edge-level matmul; the value features already make it non-linear in the weight value, and the
+    first layer's edge update follows. ``value_encoding`` picks the features (:func:`value_features`).
     """
 
-    def __init__(self, dim: int, num_freqs: int = 6, act: type[nn.Module] = nn.SiLU) -> None:
+    def __init__(self, dim: int, num_freqs: int = 6, act: type[nn.Module] = nn.SiLU,
+                 value_encoding: str = "fourier") -> None:
         super().__init__()
-        self.fourier = FourierFeatures(num_freqs)
+        k = len(NODE_FEATURES)
+        self.node_values = value_features(value_encoding, k, dim, num_freqs)
+        self.edge_values = value_features(value_encoding, 1, dim, num_freqs)
         self.structure = StructureEncoder(dim)
-        self.node_in = nn.Linear(self.fourier.out_dim(len(NODE_FEATURES)), dim)
-        self.edge_in = nn.Linear(self.fourier.out_dim(1) + EDGE_STRUCTURE_DIM, dim)
+        self.node_in = nn.Linear(self.node_values.out_dim(k), dim)
+        self.edge_in = nn.Linear(self.edge_values.out_dim(1) + EDGE_STRUCTURE_DIM, dim)
         self.node_mlp = nn.Sequential(act(), nn.Linear(dim, dim))
 
     def forward(self, batch) -> tuple[Tensor, Tensor]:
         x, w = standardized_values(batch)
-        h = self.node_in(self.fourier(x)) + self.structure.nodes(batch)
-        e = self.edge_in(torch.cat([self.fourier(w), edge_structure(batch)], dim=-1))
+        h = self.node_in(self.node_values(x)) + self.structure.nodes(batch)
+        e = self.edge_in(torch.cat([self.edge_values(w), edge_structure(batch)], dim=-1))
         return self.node_mlp(h), e

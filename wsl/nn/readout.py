@@ -23,15 +23,21 @@ class MetaOutput(NamedTuple):
 
 
 class GraphPool(nn.Module):
-    """Invariant readout: per-graph mean and max of node states, then an MLP to ``out_dim``."""
+    """Invariant readout: per-graph mean and max of node states (and, ``edges``, the mean of edge states), then
+    an MLP to ``out_dim``."""
 
-    def __init__(self, dim: int, out_dim: int, act: type[nn.Module], reduce: tuple[str, ...] = ("mean", "max")) -> None:
+    def __init__(self, dim: int, out_dim: int, act: type[nn.Module], reduce: tuple[str, ...] = ("mean", "max"),
+                 edges: bool = False) -> None:
         super().__init__()
-        self.reduce = reduce
-        self.mlp = nn.Sequential(nn.Linear(dim * len(reduce), dim), act(), nn.Linear(dim, out_dim))
+        self.reduce, self.edges = reduce, edges
+        self.mlp = nn.Sequential(nn.Linear(dim * (len(reduce) + edges), dim), act(), nn.Linear(dim, out_dim))
 
-    def forward(self, h: Tensor, ctx: GraphContext) -> Tensor:
+    def forward(self, h: Tensor, ctx: GraphContext, e: Tensor | None = None) -> Tensor:
         pooled = [scatter(h, ctx.node_batch, ctx.num_graphs, r, counts=ctx.node_count) for r in self.reduce]
+        if self.edges:
+            if e is None:
+                raise ValueError("GraphPool(edges=True) needs the edge states")
+            pooled.append(scatter(e, ctx.edge_batch, ctx.num_graphs, "mean"))
         return self.mlp(torch.cat(pooled, dim=-1))
 
 

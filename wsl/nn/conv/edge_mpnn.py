@@ -22,15 +22,15 @@ class EdgeNodeConv(nn.Module):
     """
 
     def __init__(self, dim: int, act: type[nn.Module], *, bidirectional: bool = True, aggr: str = "mean",
-                 norm: bool = True, edge_norm: bool = False,
-                 dropout: float = 0.0) -> None:
+                 norm: bool | str = True, edge_norm: bool | str = False,
+                 dropout: float = 0.0, residual: bool = True) -> None:
         super().__init__()
         if aggr not in ("mean", "sum"):
             raise ValueError(f"EdgeNodeConv aggr must be 'mean' or 'sum', got {aggr!r}")
         self.aggr = aggr
         self.bidirectional = bidirectional
-        self.edge = EdgeUpdate(dim, act, edge_norm, dropout)
-        self.node = NodeUpdate(dim, dim * (3 if bidirectional else 2), act, norm, dropout)
+        self.edge = EdgeUpdate(dim, act, edge_norm, dropout, residual)
+        self.node = NodeUpdate(dim, dim * (3 if bidirectional else 2), act, norm, dropout, residual)
 
     def _agg(self, e: Tensor, index: Tensor, counts: Tensor, n: int) -> Tensor:
         s = scatter(e, index, n, "sum")

@@ -29,4 +29,4 @@ class GMN(MetaNetwork):
 
     def make_layer(self, index: int) -> nn.Module:
         return EdgeNodeConv(self.hidden_dim, self.act, bidirectional=self.bidirectional, aggr=self.aggr,
-                            norm=self.norm, edge_norm=self.edge_norm, dropout=self.dropout)
+                            norm=self.norm, edge_norm=self.edge_norm, dropout=self.dropout, residual=self.residual)
