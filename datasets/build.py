@@ -10,6 +10,8 @@ import argparse
 import json
 import time
 
+import torch
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -20,6 +22,12 @@ def main(argv: list[str] | None = None) -> None:
     cnn.add_argument("--seed", type=int, default=0)
     inr = sub.add_parser("digits_inr", help="SIRENs fitted to sklearn digits (INR classification)")
     inr.add_argument("--views", type=int, default=1)
+    inr.add_argument("--variants", type=int, default=1,
+                     help="distinct images per digit: itself + (variants - 1) random distortions (12: data=digits_inr_bench)")
+    inr.add_argument("--init", choices=["independent", "shared"], default="independent")
+    inr.add_argument("--dws", default=None, metavar="DIR",
+                     help="also write the zoo in the DWSNets layout (mnist_splits.json + per-INR .pth) under DIR, "
+                          "with the train / val / test split wsl trains on (80/10/10 by source digit, split seed 0)")
     inr.add_argument("--steps", type=int, default=300)
     inr.add_argument("--limit", type=int, default=None)
     inr.add_argument("--seed", type=int, default=0)
@@ -37,8 +45,15 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from wsl.data.generate import DigitsINRConfig, generate_digits_inr
 
-        zoo = generate_digits_inr(DigitsINRConfig(views=args.views, steps=args.steps, limit=args.limit,
-                                                  seed=args.seed), args.root, progress=not args.no_progress)
+        zoo = generate_digits_inr(DigitsINRConfig(views=args.views, variants=args.variants, init=args.init,
+                                                  steps=args.steps, limit=args.limit, seed=args.seed),
+                                  args.root, progress=not args.no_progress)
+        if args.dws:
+            from wsl.data.dataset import split_indices
+            from wsl.data.formats.dws_write import write_dws
+
+            groups = torch.cat([meta["image_index"] for _, meta in zoo.shards()])
+            write_dws(zoo, args.dws, split_indices(groups), progress=not args.no_progress)
     print(json.dumps({"path": str(zoo.path), "models": len(zoo), "complete": zoo.complete,
                       "seconds": round(time.perf_counter() - t0, 1)}))
 

@@ -37,6 +37,7 @@ GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
 # returning the overrides that point the config at it
 DATA_SMOKE = {
     "digits_inr": ["data.limit=24", "data.steps=10"],
+    "digits_inr_bench": ["data.limit=6", "data.variants=3", "data.steps=5"],
     "digits_cnn": ["data.runs=6", "data.epochs=2"],
     **{f: (lambda root, f=f: fixtures.published_fixture(f, root).overrides)
        for f in ("dws_inr", "nfn_siren", "small_cnn_zoo", "model_zoos", "cnn_wild_park")},
