@@ -1,17 +1,83 @@
 """Sparse relational transformer layer: multi-head attention restricted to graph edges (plus, optionally,
-k-hop neighbours), conditioned on edge states; no nodes x nodes tensor anywhere."""
+k-hop neighbours), conditioned on edge states; no nodes x nodes tensor anywhere.
+
+Speed notes (issue #13): one direction of attention is one autograd node (:class:`_EdgeAttention`). The
+edge terms enter through the matmul's accumulator (``k[frm] + e W_k^T`` is one ``addmm_`` into the gathered
+keys, likewise values), so no ``[E, 2d * dirs]`` projection is allocated, split or concatenated in
+backward; the softmax shift uses torch's native ``amax``; the backward reuses the saved gathered queries,
+keys and values and writes the edge-state gradient with two accumulating matmuls.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..context import GraphContext
-from ..scatter import gather, scatter
 from .common import EdgeUpdate, norm_layer
+
+
+class _EdgeAttention(torch.autograd.Function):
+    """``out_i = sum_j alpha_jih (v_j + W_v e_ji)_h`` with ``alpha = softmax_j(q_ih . (k_j + W_k e_ji)_h / sqrt(d_h))``
+    over the pairs ``(frm -> to)``; pairs past the first ``E`` (``k``-hop pairs) use ``extra_k`` / ``extra_v``
+    instead of ``W e``.
+
+    Shapes: ``q`` / ``k`` / ``v`` ``[N, d]``, ``e`` ``[E, d]``, ``w_k`` / ``w_v`` ``[d, d]``, ``extra_k`` /
+    ``extra_v`` ``[E2, d]`` or None, ``frm`` / ``to`` ``[E + E2]`` -> ``[N, d]``.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, e: Tensor, w_k: Tensor, w_v: Tensor,  # type: ignore[override]
+                extra_k: Tensor | None, extra_v: Tensor | None, frm: Tensor, to: Tensor, n: int,
+                heads: int) -> Tensor:
+        m, d = e.shape[0], q.shape[1]
+        hd = d // heads
+        kk = k.index_select(0, frm)
+        kk[:m].addmm_(e, w_k.t())
+        vs = v.index_select(0, frm)
+        vs[:m].addmm_(e, w_v.t())
+        if extra_k is not None:
+            kk[m:].add_(extra_k)
+            vs[m:].add_(extra_v)
+        qg = q.index_select(0, to)
+        logits = (qg.view(-1, heads, hd) * kk.view(-1, heads, hd)).sum(-1).div_(math.sqrt(hd))
+        alpha = _softmax(logits, to, n)
+        out = q.new_zeros((n, d)).index_add_(0, to, (vs.view(-1, heads, hd) * alpha[..., None]).view(-1, d))
+        ctx.n, ctx.heads = n, heads
+        ctx.has_extra = extra_k is not None
+        ctx.save_for_backward(qg, kk, vs, alpha, e, w_k, w_v, frm, to)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        qg, kk, vs, alpha, e, w_k, w_v, frm, to = ctx.saved_tensors
+        n, heads, m, d = ctx.n, ctx.heads, e.shape[0], qg.shape[1]
+        hd = d // heads
+        g_vs = grad.index_select(0, to).view(-1, heads, hd)
+        g_alpha = (g_vs * vs.view(-1, heads, hd)).sum(-1)
+        g_vs = g_vs.mul_(alpha[..., None]).view(-1, d)
+        # softmax: d logit = alpha * (d alpha - sum over the segment of alpha * d alpha)
+        pa = alpha * g_alpha
+        g_logit = pa.sub_(alpha * pa.new_zeros((n, heads)).index_add_(0, to, pa).index_select(0, to))
+        g_logit = g_logit.div_(math.sqrt(hd))[..., None]
+        g_kk = (qg.view(-1, heads, hd) * g_logit).view(-1, d)
+        g_qg = (kk.view(-1, heads, hd) * g_logit).view(-1, d)
+        g_q = qg.new_zeros((n, d)).index_add_(0, to, g_qg)
+        g_k = qg.new_zeros((n, d)).index_add_(0, frm, g_kk)
+        g_v = qg.new_zeros((n, d)).index_add_(0, frm, g_vs)
+        g_e = g_wk = g_wv = None
+        if ctx.needs_input_grad[3]:
+            g_e = torch.mm(g_kk[:m], w_k).addmm_(g_vs[:m], w_v)
+        if ctx.needs_input_grad[4]:
+            g_wk = g_kk[:m].t() @ e
+        if ctx.needs_input_grad[5]:
+            g_wv = g_vs[:m].t() @ e
+        g_xk = g_kk[m:] if ctx.has_extra else None
+        g_xv = g_vs[m:] if ctx.has_extra else None
+        return g_q, g_k, g_v, g_e, g_wk, g_wv, g_xk, g_xv, None, None, None, None
+
 
 
 class RelationalAttentionConv(nn.Module):
@@ -22,6 +88,8 @@ class RelationalAttentionConv(nn.Module):
     NG-T's relational attention); ``bidirectional`` adds attention over outgoing edges. With ``hops > 1``
     the neighbourhood also contains nodes ``2..hops`` edges away, whose relation is a learned embedding of
     the path length. Then a feed-forward block on nodes and an edge update from ``[e, h_src, h_dst]``.
+
+    Shapes: ``h`` ``[N, d]``, ``e`` ``[E, d]`` -> ``(h' [N, d], e' [E, d])``.
     """
 
     def __init__(self, dim: int, act: type[nn.Module], *, heads: int = 4, bidirectional: bool = True,
@@ -44,53 +112,34 @@ class RelationalAttentionConv(nn.Module):
         self.norm2 = norm_layer(dim, norm)
         self.edge = EdgeUpdate(dim, act, edge_norm, dropout)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, ek: Tensor, ev: Tensor, frm: Tensor, to: Tensor,
-                n: int) -> Tensor:
-        """Attention of every ``to`` node over its ``frm`` neighbours; ``ek`` / ``ev`` (fresh ``[E', d]``
-        tensors) are overwritten with ``k[frm] + ek`` / ``v[frm] + ev``. Returns ``[N, d]``."""
-        hd = self.dim // self.heads
-        kk = ek.add_(gather(k, frm)).view(-1, self.heads, hd)
-        logits = (gather(q, to).view(-1, self.heads, hd) * kk).sum(-1) / math.sqrt(hd)
-        alpha = _softmax(logits, to, n)
-        vv = ev.add_(gather(v, frm)).view(-1, self.heads, hd) * alpha[..., None]
-        return scatter(vv.view(-1, self.dim), to, n, "sum")
-
-    def _edge_kv(self, e: Tensor, ctx: GraphContext, direction: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(ek, ev, frm, to)`` of one direction. ``ek`` / ``ev`` are two ``[E, d]`` matmuls with rows of
-        ``edge_kv`` (not slices of one ``[E, 2d * dirs]`` output: no wide edge tensor, no concatenation of
-        its gradient); with ``hops > 1`` the hop pairs' embeddings are appended."""
-        d, w = self.dim, self.edge_kv.weight
-        o = 2 * d * direction
-        ek, ev = F.linear(e, w[o : o + d]), F.linear(e, w[o + d : o + 2 * d])
-        src, dst = ctx.src, ctx.dst
-        if self.hop_kv is not None:
-            (hs, hdst), length = ctx.hop_edges(self.hops)
-            hkv = self.hop_kv(length - 2)
-            ek = torch.cat([ek, hkv[:, o : o + d]])
-            ev = torch.cat([ev, hkv[:, o + d : o + 2 * d]])
-            src, dst = ctx.cached(f"hop_src{self.hops}", lambda: torch.cat([ctx.src, hs])), \
-                ctx.cached(f"hop_dst{self.hops}", lambda: torch.cat([ctx.dst, hdst]))
-        return (ek, ev, src, dst) if direction == 0 else (ek, ev, dst, src)
-
     def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor]:
         n, d = ctx.num_nodes, self.dim
-        qkv = self.qkv(h)
+        qkv, w = self.qkv(h), self.edge_kv.weight
+        pairs = (ctx.src, ctx.dst)
+        hop_kv = None
+        if self.hop_kv is not None:
+            (hs, hdst), length = ctx.hop_edges(self.hops)
+            hop_kv = self.hop_kv(length - 2)
+            pairs = ctx.cached(f"hop_pairs{self.hops}", lambda: (torch.cat([ctx.src, hs]), torch.cat([ctx.dst, hdst])))
         outs = []
         for direction in range(self.dirs):
-            o = 3 * d * direction
+            o, r = 3 * d * direction, 2 * d * direction
             q, k, v = qkv[:, o : o + d], qkv[:, o + d : o + 2 * d], qkv[:, o + 2 * d : o + 3 * d]
-            ek, ev, frm, to = self._edge_kv(e, ctx, direction)
-            outs.append(self._attend(q, k, v, ek, ev, frm, to, n))
+            extra_k = hop_kv[:, r : r + d] if hop_kv is not None else None
+            extra_v = hop_kv[:, r + d : r + 2 * d] if hop_kv is not None else None
+            frm, to = pairs if direction == 0 else pairs[::-1]
+            outs.append(_EdgeAttention.apply(q, k, v, e, w[r : r + d], w[r + d : r + 2 * d], extra_k, extra_v,
+                                             frm, to, n, self.heads))
         h = self.norm1(h + self.drop(self.out(torch.cat(outs, dim=-1))))
         h = self.norm2(h + self.drop(self.ffn(h)))
         return h, self.edge(h, e, ctx.src, ctx.dst)
 
 
 def _softmax(logits: Tensor, index: Tensor, n: int) -> Tensor:
-    """Softmax of ``logits`` ``[E, heads]`` over the entries sharing ``index`` (what
-    :func:`~wsl.nn.scatter.segment_softmax` computes; the shift is always torch's native ``amax``, which
-    beats torch-scatter's kernel on CPU, and the normalizer is divided in place)."""
-    top = logits.detach().new_zeros((n, logits.shape[1])).scatter_reduce_(
-        0, index[:, None].expand_as(logits), logits.detach(), "amax", include_self=False)
+    """Softmax of ``logits`` ``[E, heads]`` over the entries sharing ``index``, as
+    :func:`~wsl.nn.scatter.segment_softmax` computes it, without autograd (called inside
+    :class:`_EdgeAttention`); the shift is torch's native ``amax`` (faster than torch-scatter's on CPU)."""
+    top = logits.new_zeros((n, logits.shape[1])).scatter_reduce_(
+        0, index[:, None].expand_as(logits), logits, "amax", include_self=False)
     z = torch.exp(logits - top.index_select(0, index))
-    return z / (z.new_zeros((n, z.shape[1])).index_add_(0, index, z).index_select(0, index) + 1e-16)
+    return z.div_(z.new_zeros((n, z.shape[1])).index_add_(0, index, z).index_select(0, index).add_(1e-16))
