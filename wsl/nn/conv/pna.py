@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..context import GraphContext
@@ -32,18 +31,21 @@ def _as_float(mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class _FilmAggregate(torch.autograd.Function):
-    """``msg = x[frm] * gamma1 + beta`` reduced into ``to`` by each aggregator, concatenated.
+    """``msg = x[frm] * (e W_g^T + b_g1) + (e W_b^T + b_b)`` reduced into ``to`` by each aggregator, concatenated.
 
-    Shapes: ``x`` ``[N, d]``, ``gamma1`` / ``beta`` ``[E, d]``, ``frm`` / ``to`` ``[E]``, ``counts`` ``[N]``
-    (edges per ``to`` row) -> ``[N, d * len(aggregators)]``. ``std`` is ``sqrt(var + 1e-5)`` of the
-    population variance (0 for rows without edges); ``max`` / ``min`` split the gradient among ties.
+    Shapes: ``x`` ``[N, d]``, ``e`` ``[E, d]``, ``w_g`` / ``w_b`` ``[d, d]``, ``b_g1`` / ``b_b`` ``[d]``,
+    ``frm`` / ``to`` ``[E]``, ``counts`` ``[N]`` (edges per ``to`` row) -> ``[N, d * len(aggregators)]``.
+    ``std`` is ``sqrt(var + 1e-5)`` of the population variance (0 for rows without edges); ``max`` / ``min``
+    split the gradient among ties. The FiLM matmuls live inside so that the message is built in the
+    ``beta`` buffer and the edge-state gradient is accumulated by ``addmm_``.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, gamma1: Tensor, beta: Tensor, frm: Tensor, to: Tensor,  # type: ignore[override]
-                counts: Tensor, n: int, aggregators: tuple[str, ...]) -> Tensor:
+    def forward(ctx, x: Tensor, e: Tensor, w_g: Tensor, b_g1: Tensor, w_b: Tensor, b_b: Tensor,  # type: ignore[override]
+                frm: Tensor, to: Tensor, counts: Tensor, n: int, aggregators: tuple[str, ...]) -> Tensor:
+        gamma1 = torch.addmm(b_g1, e, w_g.t())
         xg = x.index_select(0, frm)
-        msg = torch.addcmul(beta, xg, gamma1)
+        msg = torch.addmm(b_b, e, w_b.t()).addcmul_(xg, gamma1)
         d = msg.shape[1]
         c = counts.clamp(min=1)[:, None].to(msg.dtype)
         outs: dict[str, Tensor] = {}
@@ -69,13 +71,13 @@ class _FilmAggregate(torch.autograd.Function):
                 if ties is not None:
                     saved[f"{a}_ties"] = ties
         ctx.aggregators, ctx.n, ctx.keys = aggregators, n, list(saved)
-        ctx.save_for_backward(xg, gamma1, msg if "std" in aggregators else None, frm, to, counts, x,
-                              *saved.values())
+        ctx.save_for_backward(xg, gamma1, msg if "std" in aggregators else None, frm, to, counts, x, e, w_g,
+                              w_b, *saved.values())
         return torch.cat([outs[a] for a in aggregators], dim=-1)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        xg, gamma1, msg, frm, to, counts, x, *rest = ctx.saved_tensors
+        xg, gamma1, msg, frm, to, counts, x, e, w_g, w_b, *rest = ctx.saved_tensors
         saved = dict(zip(ctx.keys, rest))
         grads = dict(zip(ctx.aggregators, grad.split(gamma1.shape[1], dim=-1)))
         c = counts.clamp(min=1)[:, None].to(grad.dtype)
@@ -96,11 +98,17 @@ class _FilmAggregate(torch.autograd.Function):
         for a in ("max", "min"):
             if a in grads:
                 g = grads[a] / saved[f"{a}_ties"] if f"{a}_ties" in saved else grads[a]
-                part = g.index_select(0, to).mul_(_as_float(saved[f"{a}_hit"], grad.dtype))
-                gm = part if gm is None else gm.add_(part)
-        g_x = x.new_zeros(x.shape).index_add_(0, frm, gm * gamma1) if ctx.needs_input_grad[0] else None
-        g_gamma = gm * xg if ctx.needs_input_grad[1] else None
-        return g_x, g_gamma, gm, None, None, None, None, None
+                hit = _as_float(saved[f"{a}_hit"], grad.dtype)
+                gm = g.index_select(0, to).mul_(hit) if gm is None else gm.addcmul_(g.index_select(0, to), hit)
+        need = ctx.needs_input_grad
+        g_x = x.new_zeros(x.shape).index_add_(0, frm, gm * gamma1) if need[0] else None
+        g_gamma = gm * xg
+        g_e = torch.mm(g_gamma, w_g).addmm_(gm, w_b) if need[1] else None
+        g_wg = g_gamma.t() @ e if need[2] else None
+        g_bg = g_gamma.sum(0) if need[3] else None
+        g_wb = gm.t() @ e if need[4] else None
+        g_bb = gm.sum(0) if need[5] else None
+        return g_x, g_e, g_wg, g_bg, g_wb, g_bb, None, None, None, None, None
 
 
 class PNAConv(nn.Module):
@@ -146,10 +154,8 @@ class PNAConv(nn.Module):
         ``1 + gamma`` is folded into gamma's bias."""
         d, w, b = self.dim, self.film.weight, self.film.bias
         g0, b0 = 2 * k * d, 2 * k * d + d
-        gamma1 = F.linear(e, w[g0:b0], b[g0:b0] + 1)
-        beta = F.linear(e, w[b0 : b0 + d], b[b0 : b0 + d])
-        return _FilmAggregate.apply(node_msg[:, k * d : (k + 1) * d], gamma1, beta, frm, to, counts, n,
-                                    self.aggregators)
+        return _FilmAggregate.apply(node_msg[:, k * d : (k + 1) * d], e, w[g0:b0], b[g0:b0] + 1, w[b0 : b0 + d],
+                                    b[b0 : b0 + d], frm, to, counts, n, self.aggregators)
 
     def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor]:
         n = ctx.num_nodes

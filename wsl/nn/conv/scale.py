@@ -118,7 +118,7 @@ class ScaleEquivariantConv(nn.Module):
         gn = self.gate_node(self.rho_node(h, node_kind)).split(d, dim=-1)
         u = self.rho_edge(e, edge_kind).add_(edge_ctx)  # invariant edge features, shared by all edge gates
         s_fwd = _half_gate(self._edge_gate_term(u, 0), gn[0], gn[1], src, dst)
-        m = self.msg(e * h.index_select(0, src)).mul_(s_fwd)
+        m = self.msg(e * h.index_select(0, src)) * s_fwd  # not in place: mul_ would clone m for backward
         m_in = m.new_zeros((n, d)).index_add_(0, dst, m).mul_(2) / ctx.in_count.clamp(min=1)[:, None]
         parts = [h, m_in]
         if self.back is not None:
@@ -132,5 +132,6 @@ class ScaleEquivariantConv(nn.Module):
         # ---- edge update
         a, b = self.edge_gate_n(self.rho_node2(h, node_kind)).split(d, dim=-1)
         s_edge = _half_gate(self.edge_gate_e(u), a, b, src, dst)
-        e = torch.addcmul(e, self.edge_lin(e), s_edge, value=2.0)
+        # 2 * C(e) as C with doubled weights (exact), so addcmul's backward has no scalar factor to apply
+        e = torch.addcmul(e, F.linear(e, 2 * self.edge_lin.weight), s_edge)
         return h, e
