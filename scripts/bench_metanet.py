@@ -10,9 +10,10 @@ Setup (issue #4): a batch of 128 SIREN 2-32-32-1 parameter graphs (67 nodes, 1,1
   ``StatNN`` baselines, all at the same width and depth.
 
 Rounds alternate between models so machine noise hits all of them alike; each figure is the median over
-rounds. Prints INRs/s, the ratio to the reference (target: GMN >= 2x), and memory per graph: on CUDA the
-peak allocated memory of a step, on CPU the bytes autograd saves for backward (the activation memory that
-dominates a step's peak).
+rounds. Prints INRs/s, the speed relative to the reference (target: GMN >= 2x), each model's step time as a
+multiple of GMN's (issue #13 target: NG-GNN, the relational transformer and ScaleGMN at <= 2x; ``*`` marks a
+model above it), and memory per graph: on CUDA the peak allocated memory of a step, on CPU the bytes autograd
+saves for backward (the activation memory that dominates a step's peak).
 
 Usage: python scripts/bench_metanet.py [--device cpu|cuda] [--batch-size 128] [--steps 5] [--rounds 5]
        [--models reference GMN NGGNN RelationalTransformer ScaleGMN NFN-NP StatNN] [--threads N]
@@ -92,6 +93,9 @@ class RefEdgeMPNN(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- harness
+TARGET_2X = ("NGGNN", "RelationalTransformer", "ScaleGMN")  # issue #13: <= 2x GMN's step time
+
+
 def build(name: str, d: int, layers: int, batch: Batch) -> nn.Module:
     if name == "reference":
         return RefEdgeMPNN(10, d, layers)
@@ -169,7 +173,8 @@ def main() -> None:
             sync()
             times[n].append((time.perf_counter() - t0) / args.steps)
     ref = statistics.median(times["reference"]) if "reference" in times else None
-    print(f"{'model':24s} {'params':>9s} {'step ms':>9s} {'INRs/s':>9s} {'vs ref':>7s} {'mem/graph':>10s}")
+    gmn = statistics.median(times["GMN"]) if "GMN" in times else None
+    print(f"{'model':24s} {'params':>9s} {'step ms':>9s} {'INRs/s':>9s} {'vs ref':>7s} {'GMN x':>7s} {'mem/graph':>10s}")
     for n, m in models.items():
         t = statistics.median(times[n])
         if dev.type == "cuda":
@@ -184,8 +189,11 @@ def main() -> None:
             label = "saved"
         nparams = sum(p.numel() for p in m.parameters())
         ratio = f"{ref / t:6.2f}x" if ref else "   -"
-        print(f"{n:24s} {nparams:9d} {t * 1e3:9.1f} {args.batch_size / t:9.0f} {ratio:>7s} "
+        slower = "   -" if gmn is None else f"{t / gmn:5.2f}{'*' if n in TARGET_2X and t > 2 * gmn else ' '}"
+        print(f"{n:24s} {nparams:9d} {t * 1e3:9.1f} {args.batch_size / t:9.0f} {ratio:>7s} {slower:>7s} "
               f"{mem / 1024:7.1f} KiB ({label})")
+    if gmn is not None and any(n in TARGET_2X for n in models):
+        print(f"GMN x: step time / GMN's step time; target <= 2.00 for {', '.join(TARGET_2X)} (* = above)")
 
 
 if __name__ == "__main__":
