@@ -61,12 +61,14 @@ class _FilmAggregate(torch.autograd.Function):
             if a in aggregators:
                 out = msg.new_zeros((n, d)).scatter_reduce_(0, to.view(-1, 1).expand_as(msg), msg,
                                                              "amax" if a == "max" else "amin", include_self=False)
+                outs[a] = out
+                if not any(ctx.needs_input_grad):  # inference: no masks to keep
+                    continue
                 hit = msg == out.index_select(0, to)
                 ties = None
                 if int(hit.count_nonzero()) != int((counts > 0).count_nonzero()) * d:
                     ties = _as_float(hit, msg.dtype).new_zeros((n, d)).index_add_(
                         0, to, _as_float(hit, msg.dtype)).clamp_(min=1)
-                outs[a] = out
                 saved[f"{a}_hit"] = hit
                 if ties is not None:
                     saved[f"{a}_ties"] = ties
