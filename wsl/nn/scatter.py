@@ -150,27 +150,45 @@ def segment_softmax(logits: Tensor, index: Tensor, dim_size: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------ fast paths
+def extreme_with_mask(src: Tensor, index: Tensor, dim_size: int, reduce: str, *,
+                      mask: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(out, hit, ties)``: the ``max`` / ``min`` of ``src`` ``[E, ...]`` per output row (native
+    ``scatter_reduce_``; empty rows 0), the boolean ``[E, ...]`` mask of the entries equal to their row's
+    extreme, and the number of such entries per output element (``None`` when there are no ties, which is
+    checked with one count). The mask and counts are what a backward needs: ``grad[index] * hit / ties[index]``
+    (ties share the gradient evenly). ``mask=False`` skips both (inference)."""
+    out = src.new_zeros((dim_size, *src.shape[1:]))
+    out.scatter_reduce_(0, _expand(index, src), src, reduce="amax" if reduce == "max" else "amin",
+                        include_self=False)
+    if not mask:
+        return out, None, None
+    hit = src == out.index_select(0, index)
+    filled = int(torch.bincount(index, minlength=dim_size).count_nonzero())
+    ties = None
+    if int(hit.count_nonzero()) != filled * (src.numel() // max(src.shape[0], 1)):
+        ties = _sum(as_float(hit, src.dtype), index, dim_size).clamp_(min=1)
+    return out, hit, ties
+
+
+def as_float(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean mask as ``dtype``, through a ``uint8`` view (the direct bool conversion takes a slow path on
+    CPU)."""
+    return mask.view(torch.uint8).to(dtype)
+
+
 class _ScatterExtreme(torch.autograd.Function):
     """Max / min per output row with a cheap backward.
 
     Forward is torch's ``scatter_reduce_`` (``amax`` / ``amin``). Its stock backward re-gathers with an
     ``[E, d]`` index tensor and scatter-adds tie counts on every call; here the forward keeps a boolean
-    ``[E, d]`` mask of the entries that reached the extreme, and the backward is one ``index_select`` times
-    that mask. Tied entries share the gradient evenly; tie counts are only computed when ties exist.
+    ``[E, d]`` mask of the entries that reached the extreme (:func:`extreme_with_mask`), and the backward is
+    one ``index_select`` times that mask. Tied entries share the gradient evenly.
     """
 
     @staticmethod
     def forward(ctx, src: Tensor, index: Tensor, dim_size: int, reduce: str) -> Tensor:  # type: ignore[override]
-        out = src.new_zeros((dim_size, *src.shape[1:]))
-        out.scatter_reduce_(0, _expand(index, src), src, reduce="amax" if reduce == "max" else "amin",
-                            include_self=False)
-        if ctx.needs_input_grad[0]:
-            hit = src == out.index_select(0, index)
-            filled = int(torch.bincount(index, minlength=dim_size).count_nonzero())
-            ties = None
-            if int(hit.count_nonzero()) != filled * (src.numel() // max(src.shape[0], 1)):
-                ties = _sum(hit.to(src.dtype), index, dim_size).clamp_(min=1)
-            ctx.save_for_backward(hit, index, ties)
+        out, hit, ties = extreme_with_mask(src, index, dim_size, reduce, mask=ctx.needs_input_grad[0])
+        ctx.save_for_backward(hit, index, ties)
         return out
 
     @staticmethod
@@ -178,8 +196,7 @@ class _ScatterExtreme(torch.autograd.Function):
         hit, index, ties = ctx.saved_tensors
         if ties is not None:
             grad = grad / ties
-        # a bool -> float conversion goes through a slow path; the same bytes read as uint8 convert fast
-        return grad.index_select(0, index).mul_(hit.view(torch.uint8).to(grad.dtype)), None, None, None
+        return grad.index_select(0, index).mul_(as_float(hit, grad.dtype)), None, None, None
 
 
 def scatter_extreme(src: Tensor, index: Tensor, dim_size: int, reduce: str = "max") -> Tensor:

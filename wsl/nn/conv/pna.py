@@ -18,16 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from ..context import GraphContext
+from ..scatter import as_float, extreme_with_mask
 from .common import EdgeUpdate, NodeUpdate
 
 AGGREGATORS = ("mean", "min", "max", "std")
 SCALERS = ("identity", "amplification", "attenuation")
 STD_EPS = 1e-5
-
-
-def _as_float(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """bool -> float through a uint8 view (the direct bool conversion takes a slow path on CPU)."""
-    return mask.view(torch.uint8).to(dtype)
 
 
 class _FilmAggregate(torch.autograd.Function):
@@ -59,17 +55,10 @@ class _FilmAggregate(torch.autograd.Function):
             saved.update(mean=mean, var_raw=var_raw, sd=sd)
         for a in ("max", "min"):
             if a in aggregators:
-                out = msg.new_zeros((n, d)).scatter_reduce_(0, to.view(-1, 1).expand_as(msg), msg,
-                                                             "amax" if a == "max" else "amin", include_self=False)
-                outs[a] = out
-                if not any(ctx.needs_input_grad):  # inference: no masks to keep
-                    continue
-                hit = msg == out.index_select(0, to)
-                ties = None
-                if int(hit.count_nonzero()) != int((counts > 0).count_nonzero()) * d:
-                    ties = _as_float(hit, msg.dtype).new_zeros((n, d)).index_add_(
-                        0, to, _as_float(hit, msg.dtype)).clamp_(min=1)
-                saved[f"{a}_hit"] = hit
+                # no masks kept when nothing needs gradients (inference)
+                outs[a], hit, ties = extreme_with_mask(msg, to, n, a, mask=any(ctx.needs_input_grad))
+                if hit is not None:
+                    saved[f"{a}_hit"] = hit
                 if ties is not None:
                     saved[f"{a}_ties"] = ties
         ctx.aggregators, ctx.n, ctx.keys = aggregators, n, list(saved)
@@ -100,7 +89,7 @@ class _FilmAggregate(torch.autograd.Function):
         for a in ("max", "min"):
             if a in grads:
                 g = grads[a] / saved[f"{a}_ties"] if f"{a}_ties" in saved else grads[a]
-                hit = _as_float(saved[f"{a}_hit"], grad.dtype)
+                hit = as_float(saved[f"{a}_hit"], grad.dtype)
                 gm = g.index_select(0, to).mul_(hit) if gm is None else gm.addcmul_(g.index_select(0, to), hit)
         need = ctx.needs_input_grad
         g_x = x.new_zeros(x.shape).index_add_(0, frm, gm * gamma1) if need[0] else None
