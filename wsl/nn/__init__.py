@@ -7,6 +7,7 @@
 from . import scatter
 from .baselines import NFN, StatNN, batch_tensors
 from .context import GraphContext
+from .dwsnet import DWSNet
 from .encoders import FourierFeatures, GraphEncoder, StructureEncoder
 from .models import GMN, NGGNN, MetaNetwork, RelationalTransformer, ScaleGMN
 from .readout import MetaOutput, apply_outputs, state_dicts
@@ -15,6 +16,7 @@ __all__ = [
            "GMN",
            "NFN",
            "NGGNN",
+           "DWSNet",
            "FourierFeatures",
            "GraphContext",
            "GraphEncoder",
