@@ -165,19 +165,19 @@ def test_fast_fit_matches_autograd_adam():
     from wsl.data.generate.siren_fit import SirenPool, fit_sirens_on_grid
 
     gen = torch.Generator().manual_seed(0)
-    for depth, out_dim, size in [(1, 1, 8), (2, 1, 12), (3, 3, 10)]:
+    for depth, out_dim, size, wd in [(1, 1, 8, 0.0), (2, 1, 12, 0.05), (3, 3, 10, 0.0)]:
         dims = [2] + [16] * depth + [out_dim]
         init = {}
         for i in range(len(dims) - 1):
             init[f"{2 * i}.weight"] = torch.randn(5, dims[i + 1], dims[i], generator=gen) * (0.5 if i == 0 else 0.05)
             init[f"{2 * i}.bias"] = torch.randn(5, dims[i + 1], generator=gen) * 0.1
         targets = torch.rand(5, size, size, out_dim, generator=gen).squeeze(-1)
-        ours, mse = fit_sirens_on_grid(init, targets, steps=15, chunk=2)
+        ours, mse = fit_sirens_on_grid(init, targets, steps=15, chunk=2, weight_decay=wd)
         # reference: autograd in float64, torch.optim.Adam, per-INR pixel-mean losses summed
         params = {k: v.double().requires_grad_() for k, v in init.items()}
         coords = coordinate_grid(size).double()
         flat = targets.reshape(5, size * size, -1).double()
-        opt = torch.optim.Adam(params.values(), lr=1e-3)
+        opt = torch.optim.Adam(params.values(), lr=1e-3, weight_decay=wd)
         for step in range(16):
             h = coords.expand(5, *coords.shape)
             for j in range(depth + 1):
@@ -194,9 +194,23 @@ def test_fast_fit_matches_autograd_adam():
             assert err < 1e-4, (depth, k, float(err))
         torch.testing.assert_close(mse.double(), per_inr.detach(), rtol=1e-3, atol=1e-6)
         with SirenPool(workers=2, chunk=2) as pool:  # split over processes: the same result
-            par, mse2 = pool.fit(init, targets, steps=15)
+            par, mse2 = pool.fit(init, targets, steps=15, weight_decay=wd)
         for k in init:
             torch.testing.assert_close(par[k], ours[k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="2 input coordinates"):
         fit_sirens_on_grid({"0.weight": torch.zeros(1, 4, 3), "0.bias": torch.zeros(1, 4),
                             "2.weight": torch.zeros(1, 1, 4), "2.bias": torch.zeros(1, 1)}, torch.zeros(1, 8, 8))
+
+
+def test_zero_bias_init_is_the_same_weights_with_zero_biases():
+    from wsl.data.generate.digits_inr import siren_init
+
+    a = siren_init(DigitsINRConfig(), torch.Generator().manual_seed(3))
+    b = siren_init(DigitsINRConfig(bias_init="zero"), torch.Generator().manual_seed(3))
+    for k in a:
+        if k.endswith("bias"):
+            assert a[k].abs().min() > 0 and torch.equal(b[k], torch.zeros_like(a[k]))
+        else:
+            assert torch.equal(a[k], b[k])
+    with pytest.raises(ValueError, match="bias_init"):
+        DigitsINRConfig(bias_init="normal")

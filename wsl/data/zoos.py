@@ -24,14 +24,15 @@ def splits(zoo, *, label: str, group: str, fractions: Sequence[float], seed: int
 
 
 def digits_inr(*, views: int = 1, variants: int = 1, distortion: float = 1.0, steps: int = 300, lr: float = 1e-3,
-               limit: int | None = None, seed: int = 0, init: str = "independent", split_seed: int = 0,
+               limit: int | None = None, seed: int = 0, init: str = "independent", bias_init: str = "uniform",
+               weight_decay: float = 0.0, split_seed: int = 0,
                fractions: Sequence[float] = (0.8, 0.1, 0.1), normalize: bool = True, root: str | Path | None = None,
                progress: bool = True, workers: int | None = None) -> dict[str, ZooDataset]:
     """digits-INR classification data: builds (or reuses) the zoo, splits by *source digit* (all views and
     distorted variants of a digit in one split), and standardizes weights per layer with statistics of the
     training split. ``variants=12, init="independent"`` is the benchmark-convention zoo (21,564 INRs)."""
     cfg = DigitsINRConfig(views=views, variants=variants, distortion=distortion, steps=steps, lr=lr, limit=limit,
-                          seed=seed, init=init)
+                          seed=seed, init=init, bias_init=bias_init, weight_decay=weight_decay)
     zoo = generate_digits_inr(cfg, root, progress=progress, workers=workers)
     return splits(zoo, label="label", group="image_index", fractions=fractions, seed=split_seed, normalize=normalize)
 

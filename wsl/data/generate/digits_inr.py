@@ -86,10 +86,14 @@ class DigitsINRConfig:
     seed: int = 0
     limit: int | None = None  # use only the first `limit` images (quick runs, tests)
     init: str = "independent"  # "independent": every INR its own random init; "shared": one init per view index
+    bias_init: str = "uniform"  # "uniform": U(-1/sqrt(in), 1/sqrt(in)) (nn.Linear's); "zero": DWSNets' INR init
+    weight_decay: float = 0.0  # L2 penalty in Adam while fitting (torch.optim.Adam's weight_decay)
 
     def __post_init__(self) -> None:
         if self.init not in ("independent", "shared"):
             raise ValueError(f"DigitsINRConfig.init must be 'independent' or 'shared', got {self.init!r}")
+        if self.bias_init not in ("uniform", "zero"):
+            raise ValueError(f"DigitsINRConfig.bias_init must be 'uniform' or 'zero', got {self.bias_init!r}")
         if self.views < 1 or self.variants < 1:
             raise ValueError(f"DigitsINRConfig views and variants must be >= 1, got {self.views}, {self.variants}")
 
@@ -112,13 +116,16 @@ def digit_images(size: int = 28) -> tuple[Tensor, Tensor]:
 
 
 def siren_init(cfg: DigitsINRConfig, generator: torch.Generator) -> dict[str, Tensor]:
-    """SIREN initialization (first layer ``U(-1/in, 1/in)``, later ``U(-sqrt(6/in)/w0, ...)``)."""
+    """SIREN initialization (first layer ``U(-1/in, 1/in)``, later ``U(-sqrt(6/in)/w0, ...)``); biases
+    ``U(-1/sqrt(in), 1/sqrt(in))`` or, ``bias_init="zero"``, zero (as DWSNets' INRs, the MNIST / FashionMNIST
+    INR zoos: a fitted bias is then pure signal, not signal plus an initial draw)."""
     dims = [2] + [cfg.hidden] * cfg.depth + [1]
     out: dict[str, Tensor] = {}
     for i, (a, b) in enumerate(pairwise(dims)):
         bound = 1.0 / a if i == 0 else math.sqrt(6.0 / a) / cfg.w0
         out[f"{2 * i}.weight"] = (torch.rand(b, a, generator=generator) * 2 - 1) * bound
-        out[f"{2 * i}.bias"] = (torch.rand(b, generator=generator) * 2 - 1) / math.sqrt(a)
+        bias = (torch.rand(b, generator=generator) * 2 - 1) / math.sqrt(a)  # drawn either way: same weights
+        out[f"{2 * i}.bias"] = bias if cfg.bias_init == "uniform" else torch.zeros_like(bias)
     return out
 
 
@@ -136,7 +143,7 @@ def batched_siren(params: dict[str, Tensor], coords: Tensor, w0: float) -> Tenso
 def fit_sirens(init: dict[str, Tensor], targets: Tensor, cfg: DigitsINRConfig) -> tuple[dict[str, Tensor], Tensor]:
     """Fit one SIREN per target image (batched, hand-written gradients: :mod:`.siren_fit`); returns the fitted
     stacked parameters and per-INR MSE."""
-    return fit_sirens_on_grid(init, targets, w0=cfg.w0, steps=cfg.steps, lr=cfg.lr)
+    return fit_sirens_on_grid(init, targets, w0=cfg.w0, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def zoo_path(cfg: DigitsINRConfig, root: str | Path | None = None) -> Path:
@@ -197,7 +204,7 @@ def _build_shard(s: int, cfg: DigitsINRConfig, path: Path, images: Tensor, label
              for m, v in zip(idx, view)]
     stacked = {k: torch.stack([p[k] for p in inits]) for k in inits[0]}
     params, mse = pool.fit(stacked, variant_images(images, img_idx, variant, cfg), w0=cfg.w0, steps=cfg.steps,
-                           lr=cfg.lr)
+                           lr=cfg.lr, weight_decay=cfg.weight_decay)
     meta = {"label": labels[img_idx], "image_index": img_idx, "variant": variant, "view": view, "mse": mse.float()}
     save_shard(path / name, params, meta)
     shards.append({"file": name, "count": hi - lo})

@@ -70,8 +70,10 @@ class _Chunk:
             o += n
         return out
 
-    def adam(self, step: int, lr: float, betas: tuple[float, float], eps: float) -> None:
+    def adam(self, step: int, lr: float, betas: tuple[float, float], eps: float, weight_decay: float = 0.0) -> None:
         b1, b2 = betas
+        if weight_decay:
+            self.grad.add_(self.flat, alpha=weight_decay)  # L2 penalty, as torch.optim.Adam(weight_decay=...)
         self.m.mul_(b1).add_(self.grad, alpha=1 - b1)
         self.v.mul_(b2).addcmul_(self.grad, self.grad, value=1 - b2)
         torch.sqrt(self.v, out=self.denom).div_(math.sqrt(1 - b2 ** step)).add_(eps)
@@ -141,13 +143,16 @@ class _GridSiren:
 
 def fit_sirens_on_grid(init: dict[str, Tensor], targets: Tensor, *, w0: float = 30.0, steps: int = 300,
                        lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                       chunk: int = 16) -> tuple[dict[str, Tensor], Tensor]:
+                       weight_decay: float = 0.0, chunk: int = 16) -> tuple[dict[str, Tensor], Tensor]:
     """Fit one SIREN per target image with Adam on the per-image pixel MSE.
 
     Args:
         init: stacked initial parameters ``{"0.weight": [B, h, 2], "0.bias": [B, h], ..., "<L>.bias": [B, out]}``.
         targets: ``[B, size, size]`` (``out == 1``) or ``[B, size, size, out]`` images.
         w0, steps, lr, betas, eps: SIREN frequency and Adam settings.
+        weight_decay: L2 penalty added to the gradient before Adam's moments (``torch.optim.Adam``'s
+            ``weight_decay``, not AdamW's decoupled decay): the published INR zoos were fitted this way, and it
+            pulls every INR towards a small-norm solution, away from its random initialization.
         chunk: INRs fitted together (buffers of about ``chunk * size**2 * hidden * 4`` bytes per layer).
 
     Returns:
@@ -182,7 +187,7 @@ def fit_sirens_on_grid(init: dict[str, Tensor], targets: Tensor, *, w0: float = 
                 y = net.forward(p)
                 y.sub_(t).mul_(scale)  # d(sum of per-INR mean squared errors) / d output
                 net.backward(p, g, y)
-                state.adam(step, lr, betas, eps)
+                state.adam(step, lr, betas, eps, weight_decay)
             y = net.forward(p)
             mse[lo:hi] = (y - t).square().mean(dim=(1, 2))
             for k, v in zip(keys, p):
