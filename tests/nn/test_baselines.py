@@ -10,6 +10,7 @@ from torch_geometric.data import Batch
 
 import wsl
 from wsl.nn.baselines import NFN, StatNN, batch_tensors
+from wsl.nn.dwsnet import DWSNet
 from wsl.testing.checks import inconsistent_graph, randomize_
 
 from .archs import make_graph
@@ -57,7 +58,9 @@ MODELS = {
     "nfn_np_fourier": lambda g: NFN(g, 3, hidden_dim=8, num_layers=2, head_dim=32, fourier_features=4),
     "nfn_hnp_fourier": lambda g: NFN(g, 3, hidden_dim=8, num_layers=2, head_dim=32, mode="HNP",
                                      fourier_features=4),
+    "dwsnet": lambda g: DWSNet(g, 3, hidden_dim=8, num_layers=2, num_heads=2),
 }
+MLP_ONLY = {"dwsnet"}  # DWSNet refuses CNN zoos (tests/nn/test_dwsnet.py)
 
 
 def _model(name: str, graph):
@@ -97,7 +100,7 @@ def test_batch_tensors_is_differentiable():
     assert float(batch.x.grad[:, 1:].abs().sum()) == 0
 
 
-@pytest.mark.parametrize("name", ["statnn", "nfn_np"])
+@pytest.mark.parametrize("name", ["statnn", "nfn_np", "dwsnet"])
 def test_baselines_see_dataset_normalization(name):
     """A normalizing dataset attaches edge_norm / node_norm: batch_tensors(standardize=True) applies them per
     tensor, and the baselines read those values (before this, NFN / StatNN silently got raw weights)."""
@@ -128,6 +131,8 @@ def test_batch_tensors_rejects_mixed_architectures():
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_invariant_under_symmetries(name, arch):
+    if arch == "cnn" and name in MLP_ONLY:
+        pytest.skip(f"{name} takes MLP zoos only")
     graphs = zoo(arch)
     model = _model(name, graphs[0])
     gen = torch.Generator().manual_seed(1)
@@ -201,15 +206,16 @@ def test_models_reject_another_architecture():
 
 
 # --------------------------------------------------------------------------- learning
-@pytest.mark.parametrize("name", ["statnn", "nfn_np"])
+@pytest.mark.parametrize("name", ["statnn", "nfn_np", "dwsnet"])
 def test_learns_synthetic_target(name):
     graphs = [make_graph("mlp_relu", s) for s in range(16)]
     batch = Batch.from_data_list(graphs)
     target = torch.stack([g.to_state_dict()["4.bias"].mean() for g in graphs])[:, None]
     target = (target - target.mean()) / target.std()
     torch.manual_seed(0)
-    model = StatNN(1, hidden_dim=64) if name == "statnn" else NFN(graphs[0], 1, hidden_dim=16, num_layers=2,
-                                                                  head_dim=64)
+    model = {"statnn": lambda: StatNN(1, hidden_dim=64),
+             "nfn_np": lambda: NFN(graphs[0], 1, hidden_dim=16, num_layers=2, head_dim=64),
+             "dwsnet": lambda: DWSNet(graphs[0], 1, hidden_dim=16, num_layers=2, num_heads=4)}[name]()
     model(batch)  # materialize lazy layers before building the optimizer
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     with torch.no_grad():
