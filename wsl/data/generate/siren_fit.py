@@ -12,6 +12,8 @@ What :func:`fit_sirens_on_grid` does differently from an autograd loop:
   ``sin(A_a + B_c) = sin A_a cos B_c + cos A_a sin B_c`` (likewise ``cos``). Its sines and cosines are computed
   for ``2 * size`` values per neuron instead of ``size**2``: the transcendental functions, the dominant cost
   of a SIREN step on a CPU, drop by about half.
+* **Fast sines.** On the CPU, ``sin`` / ``cos`` go through NumPy's SIMD kernels (several times faster than
+  torch's float32 ones on x86 CPUs with AVX-512; same accuracy, within a few ulp).
 * **Chunks that stay in cache.** INRs are fitted ``chunk`` at a time (16 by default: a few MB of buffers).
 * **Exactly Adam.** The update is ``torch.optim.Adam``'s (bias corrections, ``eps`` outside the square root);
   every INR's loss is its own pixel mean, so INRs never influence each other and the result does not depend on
@@ -29,8 +31,18 @@ import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
+import numpy as np
 import torch
 from torch import Tensor
+
+
+def _trig(fn: str, x: Tensor, out: Tensor) -> Tensor:
+    """``out = sin(x)`` / ``cos(x)``; on the CPU through NumPy, whose SIMD kernels for float32 sin / cos run
+    several times faster than torch's here (they are a SIREN step's dominant cost), elsewhere through torch."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and out.is_contiguous():
+        getattr(np, fn)(x.numpy(), out=out.numpy())
+        return out
+    return getattr(torch, fn)(x, out=out)
 
 
 def _layer_keys(params: dict[str, Tensor]) -> list[str]:
@@ -50,13 +62,15 @@ def coordinate_grid(size: int) -> Tensor:
 
 
 class _Chunk:
-    """Flat parameters / gradients / Adam moments of a chunk of INRs, with per-tensor views."""
+    """Parameters, gradients and Adam moments of a chunk of INRs in flat buffers laid out tensor by tensor, so
+    that every per-tensor view ``[b, *shape]`` is contiguous (BLAS writes contiguous outputs at full speed) and
+    the Adam update is five whole-buffer operations, exactly ``torch.optim.Adam``'s (bias corrections, ``eps``
+    outside the square root, ``weight_decay`` as an L2 term in the gradient)."""
 
     def __init__(self, params: dict[str, Tensor], keys: list[str]) -> None:
-        b = params[keys[0]].shape[0]
-        self.keys = keys
+        self.b = params[keys[0]].shape[0]
         self.shapes = [tuple(params[k].shape[1:]) for k in keys]
-        self.flat = torch.cat([params[k].reshape(b, -1).float() for k in keys], 1).contiguous()
+        self.flat = torch.cat([params[k].detach().float().reshape(-1) for k in keys])
         self.grad = torch.zeros_like(self.flat)
         self.m = torch.zeros_like(self.flat)
         self.v = torch.zeros_like(self.flat)
@@ -65,15 +79,15 @@ class _Chunk:
     def views(self, t: Tensor) -> list[Tensor]:
         out, o = [], 0
         for s in self.shapes:
-            n = math.prod(s)
-            out.append(t[:, o:o + n].view(t.shape[0], *s))
+            n = self.b * math.prod(s)
+            out.append(t[o:o + n].view(self.b, *s))
             o += n
         return out
 
     def adam(self, step: int, lr: float, betas: tuple[float, float], eps: float, weight_decay: float = 0.0) -> None:
         b1, b2 = betas
         if weight_decay:
-            self.grad.add_(self.flat, alpha=weight_decay)  # L2 penalty, as torch.optim.Adam(weight_decay=...)
+            self.grad.add_(self.flat, alpha=weight_decay)
         self.m.mul_(b1).add_(self.grad, alpha=1 - b1)
         self.v.mul_(b2).addcmul_(self.grad, self.grad, value=1 - b2)
         torch.sqrt(self.v, out=self.denom).div_(math.sqrt(1 - b2 ** step)).add_(eps)
@@ -87,7 +101,6 @@ class _GridSiren:
         self.size, self.w0, self.p = size, w0, size * size
         h0 = widths[0]
         self.lin = torch.linspace(-1, 1, size)
-        self.xe = torch.cat([coordinate_grid(size), torch.ones(self.p, 1)], 1).expand(b, self.p, 3)  # [y, x, 1]
         self.ab = [torch.empty(b, size, h0) for _ in range(6)]  # A, B, sin A, cos A, sin B, cos B
         # per hidden layer: activations sin(theta) and cos(theta) [b, P, h]
         self.act = [torch.empty(b, self.p, h) for h in widths[:-1]]
@@ -103,7 +116,7 @@ class _GridSiren:
         w, bias = p[0], p[1]
         torch.addcmul(bias[:, None, :], self.lin[None, :, None], w[:, None, :, 0], out=a_).mul_(w0)
         torch.mul(self.lin[None, :, None], w[:, None, :, 1], out=b_).mul_(w0)
-        torch.sin(a_, out=sa), torch.cos(a_, out=ca), torch.sin(b_, out=sb), torch.cos(b_, out=cb)
+        _trig("sin", a_, sa), _trig("cos", a_, ca), _trig("sin", b_, sb), _trig("cos", b_, cb)
         n, h = a_.shape[0], a_.shape[2]
         act0, cos0 = self.act[0].view(n, s, s, h), self.cos[0].view(n, s, s, h)
         torch.mul(sa[:, :, None, :], cb[:, None, :, :], out=act0).addcmul_(ca[:, :, None, :], sb[:, None, :, :])
@@ -112,8 +125,8 @@ class _GridSiren:
         for i in range(1, len(self.act)):
             z = self.act[i]
             torch.baddbmm(p[2 * i + 1][:, None, :], self.act[i - 1], p[2 * i].transpose(1, 2), out=z).mul_(w0)
-            torch.cos(z, out=self.cos[i])
-            z.sin_()
+            _trig("cos", z, self.cos[i])
+            _trig("sin", z, z)
         last = len(self.act)
         return torch.baddbmm(p[2 * last + 1][:, None, :], self.act[-1], p[2 * last].transpose(1, 2), out=self.out)
 
@@ -136,9 +149,13 @@ class _GridSiren:
             torch.bmm(gh, p[2 * i] * self.w0, out=below)
             below.mul_(self.cos[i - 1])
             gh = below
-        full = torch.bmm(gh.transpose(1, 2), self.xe)  # [b, h, 3]: d/dW[:, 0], d/dW[:, 1], d/db
-        g[0].copy_(full[..., :2])
-        g[1].copy_(full[..., 2])
+        # first layer, separable again: sum over columns (rows) first, then weight by y_a (x_c)
+        n, h = gh.shape[0], gh.shape[2]
+        g4 = gh.view(n, self.size, self.size, h)
+        rows, cols = g4.sum(2), g4.sum(1)  # [b, size, h]
+        lin = self.lin[None, :, None]
+        g[0].copy_(torch.stack([torch.sum(rows * lin, 1), torch.sum(cols * lin, 1)], -1))
+        torch.sum(rows, 1, out=g[1])
 
 
 def fit_sirens_on_grid(init: dict[str, Tensor], targets: Tensor, *, w0: float = 30.0, steps: int = 300,
