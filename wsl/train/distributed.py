@@ -72,6 +72,21 @@ def broadcast_module(model: nn.Module, d: Dist) -> None:
             dist.broadcast(t.data, src=0)
 
 
+def average_buffers(model: nn.Module, d: Dist) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over the ranks, so every rank holds the
+    same model after an epoch. Each rank's batch statistics came from its own part of the global batch (as in
+    DDP without SyncBatchNorm), so a model with BatchNorm trains close to, not exactly like, one process."""
+    if not d.active:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in model.buffers():
+            if t.is_floating_point():
+                dist.all_reduce(t.data)
+                t.data /= d.world
+
+
 def local_part(indices: list[int], d: Dist) -> list[int]:
     """This rank's share of one global batch (strided, so shares differ in size by at most one)."""
     return indices[d.rank :: d.world]

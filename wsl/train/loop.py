@@ -10,7 +10,9 @@
   weights are restored for the final test evaluation.
 * **Metrics** to a logger (CSV / wandb / none), progress bars, PNG learning curves at the end.
 * **Multi-process** under ``torchrun`` (see :mod:`wsl.train.distributed`): each global batch is split over
-  the ranks and gradients are averaged exactly, so K processes train the same model as one process would.
+  the ranks and gradients are averaged exactly, so K processes train the same model as one process would —
+  exactly for models without batch statistics; with BatchNorm (GMN's default) each rank normalizes over its
+  part of the batch and running statistics are averaged over the ranks after every epoch.
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ def fit(model: nn.Module, task: Task, data: Mapping[str, Dataset], *, out_dir: s
             opt.step()
         if sched is not None:
             sched.step()
+        ddp.average_buffers(model, d)
         if d.active:
             import torch.distributed as dist
 

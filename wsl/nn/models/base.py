@@ -29,7 +29,7 @@ class MetaNetwork(nn.Module):
     def __init__(self, out_dim: int = 1, *, hidden_dim: int = 64, num_layers: int = 4, edge_out_dim: int = 1,
                  node_out_dim: int = 1, act: str = "relu", num_freqs: int = 6, dropout: float = 0.0,
                  norm: bool | str = True, edge_norm: bool | str = False, bidirectional: bool = True,
-                 value_encoding: str = "fourier", residual: bool = True, readout: str = "nodes") -> None:
+                 value_encoding: str = "fourier", readout: str = "nodes") -> None:
         super().__init__()
         if out_dim < 1 or hidden_dim < 1 or num_layers < 0:
             raise ValueError(f"out_dim and hidden_dim must be >= 1 and num_layers >= 0, "
@@ -38,7 +38,7 @@ class MetaNetwork(nn.Module):
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.out_dim, self.hidden_dim, self.num_layers = out_dim, hidden_dim, num_layers
         self.act = activation(act)
-        self.dropout, self.bidirectional, self.residual = dropout, bidirectional, residual
+        self.dropout, self.bidirectional = dropout, bidirectional
         self.norm, self.edge_norm = norm_kind(norm), norm_kind(edge_norm)
         self.value_encoding, self.readout_kind = value_encoding, readout
         self.encoder = self.make_encoder(num_freqs)
