@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     inr.add_argument("--variants", type=int, default=1,
                      help="distinct images per digit: itself + (variants - 1) random distortions (12: data=digits_inr_bench)")
     inr.add_argument("--init", choices=["independent", "shared"], default="independent")
+    inr.add_argument("--bias-init", choices=["uniform", "zero"], default="uniform",
+                     help="zero: DWSNets' INR initialization (data=digits_inr_bench uses it)")
     inr.add_argument("--dws", default=None, metavar="DIR",
                      help="also write the zoo in the DWSNets layout (mnist_splits.json + per-INR .pth) under DIR, "
                           "with the train / val / test split wsl trains on (80/10/10 by source digit, split seed 0)")
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         from wsl.data.generate import DigitsINRConfig, generate_digits_inr
 
         zoo = generate_digits_inr(DigitsINRConfig(views=args.views, variants=args.variants, init=args.init,
+                                                  bias_init=args.bias_init,
                                                   steps=args.steps, limit=args.limit, seed=args.seed),
                                   args.root, progress=not args.no_progress)
         if args.dws:
