@@ -101,6 +101,7 @@ def run(cfg: Any) -> dict[str, Any]:
         barrier(d)
     collate = add_augmentation(data, instantiate(cfg.augment))
     task = instantiate(cfg.task)
+    torch.manual_seed(cfg.seed)  # the model's init does not depend on what loading (or building) the zoo drew
     model = build_model(instantiate(cfg.model), data, task)
     logger = instantiate(cfg.logger) if main_rank else None
     say(f"[wsl train] {model.__class__.__name__}: {sum(p.numel() for p in model.parameters()):,} parameters; "
