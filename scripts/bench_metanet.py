@@ -15,8 +15,14 @@ multiple of GMN's (issue #13 target: NG-GNN, the relational transformer and Scal
 model above it), and memory per graph: on CUDA the peak allocated memory of a step, on CPU the bytes autograd
 saves for backward (the activation memory that dominates a step's peak).
 
+``--work`` adds what a step costs independently of the machine: counted op by op (a ``TorchDispatchMode``
+over one training step), the floating-point operations of matrix products with an edge-sized dimension
+(``edge GFLOP``) and the number of other edge-sized tensor operations (``edge ops``: gathers, scatters,
+elementwise passes, reductions over ``[E, ...]`` tensors), each also as a multiple of GMN's. Edges outnumber
+nodes 17:1 here, so these two numbers are what a step's time follows.
+
 Usage: python scripts/bench_metanet.py [--device cpu|cuda] [--batch-size 128] [--steps 5] [--rounds 5]
-       [--models reference GMN NGGNN RelationalTransformer ScaleGMN NFN-NP StatNN] [--threads N]
+       [--models reference GMN NGGNN RelationalTransformer ScaleGMN NFN-NP StatNN] [--threads N] [--work]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch_geometric.data import Batch
 from torch_geometric.nn import MessagePassing, global_mean_pool
 
@@ -134,6 +141,43 @@ def saved_bytes(model: nn.Module, batch: Batch, labels: Tensor) -> int:
     return total
 
 
+MATMULS = frozenset({"mm", "addmm", "addmm_", "bmm", "baddbmm"})
+FREE = frozenset({"view", "t", "expand", "detach", "slice", "split", "split_with_sizes", "select", "alias",
+                  "unsqueeze", "squeeze", "transpose", "permute", "_unsafe_view", "as_strided", "unbind", "reshape"})
+
+
+class EdgeWork(TorchDispatchMode):
+    """Counts, per op of a step, matrix products touching a dimension of size ``num_edges`` (their FLOPs)
+    and every other op with an input or output of ``num_edges`` rows; views and metadata ops are free."""
+
+    def __init__(self, num_edges: int) -> None:
+        super().__init__()
+        self.num_edges, self.flops, self.ops = num_edges, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in FREE:
+            return out
+        tensors = [a for a in args if isinstance(a, Tensor)] + ([out] if isinstance(out, Tensor) else [])
+        if not any(self.num_edges in t.shape for t in tensors):
+            return out
+        if name in MATMULS:
+            a, b = (args[-2], args[-1]) if name.startswith(("add", "badd")) else args[:2]
+            self.flops += 2 * a.numel() * b.shape[-1]
+        else:
+            self.ops += 1
+        return out
+
+
+def edge_work(model: nn.Module, batch: Batch, labels: Tensor) -> tuple[float, int]:
+    """(GFLOP of edge-sized matrix products, number of other edge-sized ops) of one training step."""
+    step = step_fn(model, batch, labels)
+    with EdgeWork(int(batch.edge_index.shape[1])) as w:
+        step()
+    return w.flops / 1e9, w.ops
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -143,6 +187,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    ap.add_argument("--work", action="store_true", help="also count edge-sized matmul FLOPs and ops per step")
     ap.add_argument("--models", nargs="+", default=["reference", "GMN", "NGGNN", "RelationalTransformer",
                                                     "ScaleGMN", "NFN-NP", "StatNN"])
     args = ap.parse_args()
@@ -194,6 +239,14 @@ def main() -> None:
               f"{mem / 1024:7.1f} KiB ({label})")
     if gmn is not None and any(n in TARGET_2X for n in models):
         print(f"GMN x: step time / GMN's step time; target <= 2.00 for {', '.join(TARGET_2X)} (* = above)")
+    if args.work:
+        work = {n: edge_work(m, batch, labels) for n, m in models.items()}
+        g = work.get("GMN")
+        print(f"\n{'model':24s} {'edge GFLOP':>10s} {'GMN x':>6s} {'edge ops':>9s} {'GMN x':>6s}   (one step, counted)")
+        for n, (fl, ops) in work.items():
+            rf = f"{fl / g[0]:6.2f}" if g and g[0] else "     -"
+            ro = f"{ops / g[1]:6.2f}" if g and g[1] else "     -"
+            print(f"{n:24s} {fl:10.2f} {rf} {ops:9d} {ro}")
 
 
 if __name__ == "__main__":

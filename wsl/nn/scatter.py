@@ -150,20 +150,21 @@ def segment_softmax(logits: Tensor, index: Tensor, dim_size: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------ fast paths
-def extreme_with_mask(src: Tensor, index: Tensor, dim_size: int, reduce: str, *,
-                      mask: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def extreme_with_mask(src: Tensor, index: Tensor, dim_size: int, reduce: str, *, mask: bool = True,
+                      counts: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """``(out, hit, ties)``: the ``max`` / ``min`` of ``src`` ``[E, ...]`` per output row (native
     ``scatter_reduce_``; empty rows 0), the boolean ``[E, ...]`` mask of the entries equal to their row's
     extreme, and the number of such entries per output element (``None`` when there are no ties, which is
     checked with one count). The mask and counts are what a backward needs: ``grad[index] * hit / ties[index]``
-    (ties share the gradient evenly). ``mask=False`` skips both (inference)."""
+    (ties share the gradient evenly). ``mask=False`` skips both (inference). ``counts`` (entries per output
+    row, as from :func:`count`), when the caller has it, saves counting ``index`` again."""
     out = src.new_zeros((dim_size, *src.shape[1:]))
     out.scatter_reduce_(0, _expand(index, src), src, reduce="amax" if reduce == "max" else "amin",
                         include_self=False)
     if not mask:
         return out, None, None
     hit = src == out.index_select(0, index)
-    filled = int(torch.bincount(index, minlength=dim_size).count_nonzero())
+    filled = int((counts if counts is not None else torch.bincount(index, minlength=dim_size)).count_nonzero())
     ties = None
     if int(hit.count_nonzero()) != filled * (src.numel() // max(src.shape[0], 1)):
         ties = _sum(as_float(hit, src.dtype), index, dim_size).clamp_(min=1)

@@ -56,7 +56,8 @@ class _FilmAggregate(torch.autograd.Function):
         for a in ("max", "min"):
             if a in aggregators:
                 # no masks kept when nothing needs gradients (inference)
-                outs[a], hit, ties = extreme_with_mask(msg, to, n, a, mask=any(ctx.needs_input_grad))
+                outs[a], hit, ties = extreme_with_mask(msg, to, n, a, mask=any(ctx.needs_input_grad),
+                                                       counts=counts)
                 if hit is not None:
                     saved[f"{a}_hit"] = hit
                 if ties is not None:
