@@ -10,6 +10,7 @@
     wsl train-ghn [HYDRA OVERRIDES]                               # train a graph hypernetwork (configs/ghn.yaml)
     wsl predict --arch torchvision:resnet18 --input-shape 1,3,64,64 -o pred.safetensors --report report.json
     wsl predict --list                                            # packaged hypernetworks
+    wsl convert-hypernet ghn3xlm16.pt -o ghn3xlm16/               # published GHN -> safetensors + config.json
 """
 
 from __future__ import annotations
@@ -164,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", default="outputs/demo_graph.safetensors")
     d.add_argument("--plot", default="outputs/demo_graph.png")
     d.set_defaults(func=cmd_demo)
-    from .hyper.cli import add_predict_parser
+    from .hyper.cli import add_convert_hypernet_parser, add_predict_parser
 
     add_predict_parser(sub)
+    add_convert_hypernet_parser(sub)
     sub.add_parser("train", help="train a metanetwork (Hydra: `wsl train model=nggnn trainer.epochs=5`, "
                                  "`wsl train --help` for the config groups)")
     sub.add_parser("train-ghn", help="train a graph hypernetwork on digits (Hydra: `wsl train-ghn hypernet=ghn3 "

@@ -1,10 +1,11 @@
-"""``wsl predict``: predict an architecture's parameters with a graph hypernetwork (wired into ``wsl.cli``).
+"""``wsl predict`` and ``wsl convert-hypernet`` (wired into ``wsl.cli``).
 
 ::
 
     wsl predict --arch torchvision:resnet18 --input-shape 1,3,64,64 -o resnet18_ghn.safetensors
     wsl predict --arch module:wsl.hyper.sampler:demo_cnn --hypernet ghn2-digits --report report.json
     wsl predict --list                                           # packaged hypernetworks
+    wsl convert-hypernet ghn3xlm16.pt -o ghn3xlm16/              # published GHN file -> safetensors + config
 
 The output is a safetensors state_dict (tied tensors stored once, as ``save_model`` does); the report lists
 every tensor as predicted / not predicted (with the reason) / buffer handling.
@@ -31,6 +32,33 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--list", action="store_true", help="list the packaged hypernetworks and exit")
     p.set_defaults(func=cmd_predict)
     return p
+
+
+def add_convert_hypernet_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``convert-hypernet``: a published GHN file (ppuda / ghn3, read without running its pickle) ->
+    ``config.json`` + ``model.safetensors``."""
+    p = sub.add_parser("convert-hypernet", help="convert a published GHN-2 / GHN-3 file (ppuda .pt, ghn3 joblib "
+                                                "or training checkpoint) into safetensors + config.json")
+    p.add_argument("input", help="the published file, e.g. ghn2_imagenet.pt or ghn3xlm16.pt")
+    p.add_argument("-o", "--output", required=True, help="directory to write (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.set_defaults(func=cmd_convert_hypernet)
+    return p
+
+
+def cmd_convert_hypernet(a: argparse.Namespace) -> int:
+    from .published import read_checkpoint
+    from .published.convert import write_converted
+
+    t0 = time.perf_counter()
+    ckpt = read_checkpoint(a.input)
+    out = write_converted(ckpt, a.output, overwrite=a.overwrite)
+    n = sum(v.numel() for v in ckpt.state_dict.values())
+    cfg = ", ".join(f"{k}={v}" for k, v in ckpt.config.items())
+    print(f"read {a.input} ({ckpt.format}, {ckpt.family.upper()}, {len(ckpt.state_dict)} tensors, {n:,} parameters; "
+          f"config {ckpt.config_source}: {cfg}) in {time.perf_counter() - t0:.2f}s -> {out}/config.json, "
+          f"{out}/model.safetensors")
+    return 0
 
 
 def cmd_predict(a: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@
     ckpt = read_checkpoint("ghn3xlm16.pt")      # joblib pickle, torch.save dict: no code from the file runs
     ckpt.family, ckpt.config, ckpt.config_source  # "ghn3", {"hid": ..., "max_shape": ...}, "inferred"
     ckpt.state_dict                               # name -> tensor, as the reference names them
+    write_converted(ckpt, "ghn3xlm16/")           # config.json + model.safetensors (wsl convert-hypernet)
 
 See :mod:`.files` for the formats and what is refused, :mod:`.config` for how a missing configuration is
 inferred from the keys.
@@ -16,12 +17,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import infer_config, is_ghn2, stored_config
+from .convert import is_converted, read_converted, write_converted
 from .files import PublishedCheckpoint, read_raw
 
 
 def read_checkpoint(path: str | Path) -> PublishedCheckpoint:
-    """Read a ppuda / ghn3 checkpoint (any of the three formats) and its configuration."""
+    """Read a ppuda / ghn3 checkpoint (any of the three formats) and its configuration, or a directory written
+    by :func:`write_converted` (``wsl convert-hypernet``)."""
     path = Path(path)
+    if path.is_dir():
+        return read_converted(path)
     fmt, state, cfg, meta = read_raw(path)
     if cfg is None:
         cfg, source = infer_config(state, source=str(path)), "inferred"
@@ -31,4 +36,5 @@ def read_checkpoint(path: str | Path) -> PublishedCheckpoint:
                                is_ghn2=cfg["is_ghn2"], metadata=meta)
 
 
-__all__ = ["PublishedCheckpoint", "infer_config", "is_ghn2", "read_checkpoint", "stored_config"]
+__all__ = ["PublishedCheckpoint", "infer_config", "is_converted", "is_ghn2", "read_checkpoint", "read_converted",
+           "stored_config", "write_converted"]
