@@ -24,7 +24,11 @@ def test_predict_writes_state_dict_and_report(tmp_path, capsys) -> None:
     sd = load_file(str(out))
     report = json.loads(rep.read_text())
     assert set(report["predicted"]) | set(report["buffers"]) == set(sd)
-    assert "predicted" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "predicted" in printed
+    # demo_cnn has BatchNorm: the reset statistics are a warning, printed and in the report
+    assert "  warning: running statistics of 2 normalization layers were reset" in printed
+    assert any("calibrate_norm_stats" in w for w in report["warnings"])
 
 
 def test_list_and_missing_arch(capsys) -> None:

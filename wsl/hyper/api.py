@@ -9,6 +9,10 @@ Nothing is skipped silently: every key of ``model.state_dict()`` appears in exac
 ``report.predicted``, ``report.not_predicted`` (with the reason; those tensors keep their current values) and
 ``report.buffers`` (what was done: BatchNorm running statistics are reset, because statistics of the old
 weights do not describe the predicted ones; recompute them with :func:`calibrate_norm_stats`).
+
+Nor is a doubtful prediction returned silently: ``report.warnings`` says when the model is outside what the
+hypernetwork was trained for and when the predicted model's outputs on its own example input are non-finite or
+explode, with what to do (:mod:`wsl.hyper.checks`); they are also issued as one ``UserWarning``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import copy
 import functools
 import json
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .ghn import GraphHyperNetwork, graph_of
+from ..graph.convert import _as_inputs
+from .checks import output_warnings, scope_warnings
+from .ghn import GraphHyperNetwork, _example_inputs, graph_of
 from .hub import from_pretrained
 
 DEFAULT_HYPERNET = "ghn2-digits"
@@ -40,6 +47,7 @@ class PredictionReport:
     not_predicted: dict[str, str] = field(default_factory=dict)  # name -> why (value kept)
     buffers: dict[str, str] = field(default_factory=dict)  # name -> what was done
     keys: list[str] = field(default_factory=list)  # the model's state-dict keys
+    warnings: list[str] = field(default_factory=list)  # why the prediction may not be usable, and what to do
 
     @property
     def complete(self) -> bool:
@@ -54,7 +62,7 @@ class PredictionReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "hypernet": self.hypernet, "predicted": self.predicted,
-                "not_predicted": self.not_predicted, "buffers": self.buffers}
+                "not_predicted": self.not_predicted, "buffers": self.buffers, "warnings": self.warnings}
 
     def save(self, path: str | os.PathLike) -> None:
         with open(path, "w") as f:
@@ -63,6 +71,7 @@ class PredictionReport:
     def __str__(self) -> str:
         lines = [(f"{self.model}: {len(self.predicted)} tensors predicted by {self.hypernet}, "
                  f"{len(self.not_predicted)} not predicted, {len(self.buffers)} buffers")]
+        lines += [f"warning: {w}" for w in self.warnings]
         for title, d in (("not predicted", self.not_predicted), ("buffers", self.buffers)):
             if d:
                 lines.append(f"{title}:")
@@ -96,7 +105,7 @@ def _tile_note(shape: tuple[int, ...], hn: GraphHyperNetwork) -> str:
 
 def predict_parameters(model: nn.Module, hypernet: str | os.PathLike | GraphHyperNetwork = DEFAULT_HYPERNET, *,
                        example_inputs: Any = None, inplace: bool = False,
-                       predict_unknown_ops: bool = False) -> tuple[nn.Module, PredictionReport]:
+                       predict_unknown_ops: bool = False, check: bool = True) -> tuple[nn.Module, PredictionReport]:
     """Predict all parameters of ``model`` with a graph hypernetwork.
 
     Args:
@@ -107,6 +116,8 @@ def predict_parameters(model: nn.Module, hypernet: str | os.PathLike | GraphHype
         inplace: write into ``model`` itself (default: into a deep copy).
         predict_unknown_ops: also predict parameters owned by ops outside the hypernetwork's vocabulary
             (op type ``other``); by default they keep their values and are reported.
+        check: fill ``report.warnings`` (scope, and one eval-mode forward of the predicted model on a
+            standard-normal input shaped like the example input) and issue them as a ``UserWarning``.
 
     Returns:
         ``(model_with_predicted_parameters, PredictionReport)``.
@@ -139,11 +150,33 @@ def predict_parameters(model: nn.Module, hypernet: str | os.PathLike | GraphHype
             if name in g.shared:
                 note += f"; also used by {', '.join(g.labels[n] for n in g.shared[name])}"
             report.predicted[name] = note
-    _account_rest(target, g, pred, report)
+    resets = _account_rest(target, g, pred, report)
+    if check:
+        _check(target, hn, example_inputs, report, resets)
     return target, report
 
 
-def _account_rest(model: nn.Module, g: Any, pred: dict[str, Tensor], report: PredictionReport) -> None:
+def _check(model: nn.Module, hn: GraphHyperNetwork, example_inputs: Any, report: PredictionReport,
+           resets: int) -> None:
+    inputs = _example_inputs(model, example_inputs)
+    try:
+        args, kwargs = _as_inputs(inputs, model)
+    except Exception:  # noqa: BLE001 - no guess for this model: the shape the hypernetwork was trained on
+        args, kwargs = ((torch.zeros(hn.input_shape),), {}) if hn.input_shape else ((), {})
+    sd, cfg = model.state_dict(), hn.config
+    tiled = [f"{k} {tuple(sd[k].shape)}" for k, how in report.predicted.items() if "tiled (" in how
+             and (sd[k].shape[0] > cfg["tile_out"] or (sd[k].dim() > 1 and sd[k].shape[1] > cfg["tile_in"]))]
+    report.warnings += scope_warnings(report, trained_input=hn.input_shape, inputs=(args, kwargs), tiled=tiled,
+                                      tile=(cfg["tile_out"], cfg["tile_in"]), norm_resets=resets)
+    if args or kwargs:
+        report.warnings += output_warnings(model, args, kwargs)
+    if report.warnings:
+        warnings.warn(f"predict_parameters({report.model}, {report.hypernet}): " + " | ".join(report.warnings),
+                      UserWarning, stacklevel=3)
+
+
+def _account_rest(model: nn.Module, g: Any, pred: dict[str, Tensor], report: PredictionReport) -> int:
+    """Account for every key not predicted; reset normalization statistics. Returns how many were reset."""
     params = dict(model.named_parameters(remove_duplicate=False))
     buffer_names = {k for k, _ in model.named_buffers(remove_duplicate=False)}
     reset_modules: dict[str, nn.Module] = {}
@@ -175,6 +208,7 @@ def _account_rest(model: nn.Module, g: Any, pred: dict[str, Tensor], report: Pre
             report.not_predicted[key] = f"owned by {g.labels[g.owned[key]]!r} but not decoded: kept its current value"
         else:
             report.not_predicted[key] = "not reached by tracing: kept its current value"
+    return len(reset_modules)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import torch
 
@@ -78,7 +79,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if a.input_shape:
         inputs = (torch.zeros(tuple(int(s) for s in a.input_shape.replace("x", ",").split(",") if s)),)
     t0 = time.perf_counter()
-    model, report = predict_parameters(model, a.hypernet, example_inputs=inputs, inplace=True)
+    with warnings.catch_warnings():  # printed below, once, with the rest of the report
+        warnings.simplefilter("ignore", UserWarning)
+        model, report = predict_parameters(model, a.hypernet, example_inputs=inputs, inplace=True)
     dt = time.perf_counter() - t0
     n = report.num_predicted_elements(model)
     print(f"predicted {len(report.predicted)} tensors ({n:,} parameters) of {a.arch} with {a.hypernet} "
@@ -89,6 +92,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if report.buffers:
         print(f"  buffers: {reset} running statistics reset (recompute with wsl.hyper.calibrate_norm_stats), "
               f"{len(report.buffers) - reset} kept")
+    for w in report.warnings:
+        print(f"  warning: {w}")
     if a.output:
         from safetensors.torch import save_model
 
