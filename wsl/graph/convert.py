@@ -166,7 +166,9 @@ def _flatten_outputs(out: Any) -> list[Tensor]:
 
 # ------------------------------------------------------------------------------------------- conversion
 def graph_from_state(spec: NetworkSpec, state: Mapping[str, Tensor]) -> ParamGraph:
-    """Fill ``spec``'s structure with the weights of ``state`` (keys and shapes must match the spec)."""
+    """Fill ``spec``'s structure with the weights of ``state`` (keys and shapes must match the spec). Tensors
+    whose dtype differs from the traced module's keep the checkpoint's (:meth:`NetworkSpec.with_dtypes`)."""
+    spec = spec.with_dtypes({k: state[k].dtype for k in spec.tensors if k in state})
     pieces = _edge_pieces(spec)
     flat = []
     for p in pieces:

@@ -17,7 +17,8 @@ gives private copies).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -175,6 +176,28 @@ class NetworkSpec:
             blocks.append((off, cnt, info))
         self.__dict__["_blocks_cache"] = blocks
         return blocks
+
+    def with_dtypes(self, dtypes: Mapping[str, torch.dtype]) -> NetworkSpec:
+        """The same spec with the tensors of ``dtypes`` (state-dict key -> dtype) recorded in those dtypes.
+
+        A checkpoint converted against an architecture built in another dtype (a bf16 state dict on a float32
+        module) keeps its own dtypes this way: ``to_state_dict()`` returns them. The values container
+        (``dtype``) is the promotion of float32 with every weight's dtype, so it holds each exactly. Variants
+        are cached on the spec, so every checkpoint with the same dtypes shares one (and its structure)."""
+        cache = self.__dict__.setdefault("_dtype_variants", {})
+        key = tuple((k, dtypes.get(k, t.dtype)) for k, t in self.tensors.items())
+        if all(d == self.tensors[k].dtype for k, d in key):
+            return self
+        if key not in cache:
+            tensors = {k: replace(t, dtype=d) for (k, d), t in zip(key, self.tensors.values())}
+            container = torch.float32
+            for t in tensors.values():
+                if t.kind != "passthrough":
+                    container = torch.promote_types(container, t.dtype)
+            variant = replace(self, tensors=tensors, dtype=container)
+            variant.__dict__["_dtype_variants"] = cache  # variants of a variant come from the same table
+            cache[key] = variant
+        return cache[key]
 
     def __repr__(self) -> str:
         return (f"NetworkSpec(arch={self.arch!r}, nodes={self.num_nodes}, edges={self.num_edges}, "
