@@ -110,8 +110,10 @@ def predict_parameters(model: nn.Module, hypernet: str | os.PathLike | GraphHype
 
     Args:
         model: any ``nn.Module`` that :func:`wsl.to_graph` can trace (torchvision, timm, HF, own code).
-        hypernet: packaged name (see :func:`wsl.hyper.hub.packaged`), a ``save_pretrained`` directory, or a
-            :class:`~wsl.hyper.ghn.GraphHyperNetwork`.
+        hypernet: packaged name (see :func:`wsl.hyper.hub.packaged`), a ``save_pretrained`` directory, a
+            :class:`~wsl.hyper.ghn.GraphHyperNetwork`, or a published GHN: a ppuda / ghn3 file (read without
+            running its pickle) or a directory from ``wsl convert-hypernet``; with those, the prediction is
+            the reference code's (:mod:`wsl.hyper.published`).
         example_inputs: inputs used to trace ``model`` (default: ``model.example_inputs`` or a guess).
         inplace: write into ``model`` itself (default: into a deep copy).
         predict_unknown_ops: also predict parameters owned by ops outside the hypernetwork's vocabulary
@@ -122,11 +124,19 @@ def predict_parameters(model: nn.Module, hypernet: str | os.PathLike | GraphHype
     Returns:
         ``(model_with_predicted_parameters, PredictionReport)``.
     """
-    hn = load_hypernet(hypernet)
+    from .published.predict import is_published, load_published, predict_published
+
+    published = is_published(hypernet) or type(hypernet).__name__.startswith("PublishedGHN")
+    hn = (load_published(hypernet) if isinstance(hypernet, (str, os.PathLike)) else hypernet) if published \
+        else load_hypernet(hypernet)
     hn_name = hypernet if isinstance(hypernet, (str, os.PathLike)) else type(hn).__name__
     target = model if inplace else copy.deepcopy(model)
     state_keys = list(target.state_dict().keys())
     report = PredictionReport(type(target).__name__, os.fspath(hn_name), keys=state_keys)
+    if published:
+        predict_published(target, hn, report.hypernet, report, example_inputs=example_inputs, check=check)
+        _warn(report, 3)
+        return target, report
     g = graph_of(target, example_inputs, hn.input_shape)
     params = dict(target.named_parameters(remove_duplicate=False))
     dev = next(hn.parameters()).device
@@ -170,9 +180,13 @@ def _check(model: nn.Module, hn: GraphHyperNetwork, example_inputs: Any, report:
                                       tile=(cfg["tile_out"], cfg["tile_in"]), norm_resets=resets)
     if args or kwargs:
         report.warnings += output_warnings(model, args, kwargs)
+    _warn(report, 4)
+
+
+def _warn(report: PredictionReport, level: int) -> None:
     if report.warnings:
         warnings.warn(f"predict_parameters({report.model}, {report.hypernet}): " + " | ".join(report.warnings),
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=level)
 
 
 def _account_rest(model: nn.Module, g: Any, pred: dict[str, Tensor], report: PredictionReport) -> int:

@@ -26,7 +26,9 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     """Register the ``predict`` subcommand on ``sub`` (the ``wsl`` subparsers)."""
     p = sub.add_parser("predict", help="predict an architecture's parameters with a graph hypernetwork")
     p.add_argument("--arch", help=ARCH_HELP)
-    p.add_argument("--hypernet", default="ghn2-digits", help="packaged name or save_pretrained directory")
+    p.add_argument("--hypernet", default="ghn2-digits",
+                   help="packaged name, save_pretrained directory, published GHN file (ppuda .pt / ghn3 release) "
+                        "or a directory from wsl convert-hypernet")
     p.add_argument("--input-shape", help="example input shape for tracing, e.g. 1,3,224,224")
     p.add_argument("-o", "--output", help="write the predicted state_dict here (.safetensors)")
     p.add_argument("--report", help="write the full report here (.json)")
