@@ -6,13 +6,11 @@ import importlib.util
 import json
 from pathlib import Path
 
-import joblib
 import pytest
 import torch
 import torchvision
 from safetensors.torch import load_file
 
-from tests.hyper.test_published_files import random_state
 from wsl.cli import main
 from wsl.hyper import HypernetError, predict_parameters
 from wsl.hyper.published import PublishedGHN2, read_checkpoint, write_converted
@@ -75,15 +73,3 @@ def test_cli_predict_with_published_file(ghn2_file, tmp_path, capsys):
 def test_reference_refusals_are_clear(ghn2_file):
     with pytest.raises(HypernetError, match="VisionTransformer"):
         predict_parameters(torchvision.models.vit_b_16(), ghn2_file)
-
-
-def test_ghn3_file_without_implementation_is_a_clear_error(tmp_path):
-    pytest.importorskip("joblib")
-    try:
-        import wsl.hyper.published.ghn3  # noqa: F401
-        pytest.skip("GHN-3 prediction is implemented: covered by test_published_ghn3")
-    except ImportError:
-        pass
-    joblib.dump(random_state("ghn3_t_c10_pretrained"), tmp_path / "ghn3tm8.pt")
-    with pytest.raises(HypernetError, match="GHN-3 checkpoint .* not implemented yet"):
-        predict_parameters(fx.build("tiny"), tmp_path / "ghn3tm8.pt")

@@ -20,7 +20,9 @@ from .config import infer_config, is_ghn2, stored_config
 from .convert import is_converted, read_converted, write_converted
 from .files import PublishedCheckpoint, read_raw
 from .ghn2 import PublishedGHN2
+from .ghn3 import PublishedGHN3
 from .graph import PRIMITIVES, PublishedGraph
+from .graph3 import ghn3_graph
 
 
 def read_checkpoint(path: str | Path) -> PublishedCheckpoint:
@@ -38,5 +40,6 @@ def read_checkpoint(path: str | Path) -> PublishedCheckpoint:
                                is_ghn2=cfg["is_ghn2"], metadata=meta)
 
 
-__all__ = ["PRIMITIVES", "PublishedCheckpoint", "PublishedGHN2", "PublishedGraph", "infer_config", "is_converted",
-           "is_ghn2", "read_checkpoint", "read_converted", "stored_config", "write_converted"]
+__all__ = ["PRIMITIVES", "PublishedCheckpoint", "PublishedGHN2", "PublishedGHN3", "PublishedGraph", "ghn3_graph",
+           "infer_config", "is_converted", "is_ghn2", "read_checkpoint", "read_converted", "stored_config",
+           "write_converted"]

@@ -180,15 +180,18 @@ def _kernel_size(fn: Any) -> tuple[int, ...] | None:
     return tuple(int(k) for k in ks) if isinstance(ks, (tuple, list)) else None
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[GraphNode], np.ndarray]:
-    owners = _param_owners(model)
+def forward_once(model: nn.Module, batch: int, input_shape: tuple[int, ...]) -> Any:
+    """``model(randn(batch, *input_shape))`` with every parameter requiring grad, for its autograd graph; the
+    parameters' ``requires_grad``, the model's buffers (BatchNorm statistics) and the caller's RNG state are
+    restored."""
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     grads = {p: p.requires_grad for p in model.parameters()}
+    device = next(iter(grads)).device if grads else None
     try:
         for p in grads:
             p.requires_grad_(True)
-        with torch.enable_grad(), torch.random.fork_rng(devices=[]):  # the caller's RNG state is kept
-            out = model(torch.randn(1, *input_shape))
+        with torch.enable_grad(), torch.random.fork_rng(devices=[]):
+            return model(torch.randn(batch, *input_shape, device=device))
     finally:
         for p, g in grads.items():
             p.requires_grad_(g)
@@ -196,6 +199,11 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[GraphNo
             for k, b in model.named_buffers():
                 if k in buffers:
                     b.copy_(buffers[k])
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[GraphNode], np.ndarray]:
+    owners = _param_owners(model)
+    out = forward_once(model, 1, input_shape)
     out = out[0] if isinstance(out, (tuple, list)) else out
     if not isinstance(out, torch.Tensor) or out.grad_fn is None:
         raise HypernetError(f"{type(model).__name__}'s output has no autograd graph; the GHN-2 graph is built "

@@ -6,12 +6,14 @@
 * :class:`ConvDecoder`: a node embedding to an ``(out, in, h, w)`` block of at most ``max_shape``;
 * :func:`mlp`: ppuda's ``MLP`` (a ``fc`` ``Sequential`` of Linear / activation pairs).
 
-The GHN-3 reuses the shape encoder, the decoders and (when it is a GHN-2) the gated GNN.
+The GHN-3 reuses the shape encoder, the 1-D decoder and (when it is a GHN-2) the gated GNN; its
+:class:`ConvDecoder3` is the conv decoder with linear layers and centred spatial slots.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 
 import torch
@@ -239,3 +241,53 @@ class ConvDecoder(nn.Module):
         if class_pred:
             x = self.class_layer_predictor(x[:, :, :, :, 0])[:, :, :, 0]
         return x
+
+
+class ConvDecoder3(ConvDecoder):
+    """ghn3's decoder: :class:`ConvDecoder` with its 1x1 convolutions stored as ``nn.Linear`` (same names,
+    2-D weights) and, for a GHN-3, the spatial slots read from the centre.
+
+    For a grouping key ``(o, i, h, w)``: ``fc`` gives ``hid[0]`` maps of ``H x W`` (all of them); a GHN-3 keeps
+    the centred window ``[H/2 - h//2, H/2 + ceil(h/2))`` (clipped at 0; ``H/2`` is used for both axes), a GHN-2
+    (``corner=True``) the top-left ``h x w`` corner; ``conv`` maps each pixel to ``O * I`` values read as an
+    ``(O, I, h', w')`` block (``h' = min(H, h)``), of which the first ``i`` inputs are kept. A kernel larger
+    than the slots (``min(h, w) > min(h', w')``) is resized bilinearly to ``h x w`` (the reference allows this
+    only for a group of one tensor). The classifier (``class_pred``) reads the block's centre pixel through
+    ``class_layer_predictor`` (ReLU, Linear ``O -> num_classes``): ``(N, num_classes, i)``; otherwise the
+    first ``o`` outputs are kept: ``(N, o, i, h, w)``.
+
+    Parameters (reference names): ``fc.0``, ``conv.0``, ``conv.2``, ``class_layer_predictor.1``.
+    """
+
+    def __init__(self, in_features: int, hid: Sequence[int], out_shape: Sequence[int], num_classes: int, *,
+                 corner: bool = False) -> None:
+        super().__init__(in_features, hid, out_shape, num_classes)
+        o, i = self.out_shape[:2]
+        self.corner = corner
+        self.conv = nn.Sequential(nn.Linear(hid[0], hid[1]), nn.ReLU(), nn.Linear(hid[1], o * i), nn.Identity())
+        self.class_layer_predictor = nn.Sequential(nn.ReLU(), nn.Linear(o, num_classes))
+
+    def forward(self, x: torch.Tensor, shape: Sequence[int], class_pred: bool = False) -> torch.Tensor:
+        n = len(x)
+        O, I, H, W = self.out_shape
+        o, i, h, w = (int(s) for s in shape)
+        x = self.fc(x).view(n, -1, H, W)
+        if self.corner:
+            x = x[:, :, :h, :w]
+        else:
+            c = H // 2
+            x = x[:, :, max(0, c - h // 2):c + math.ceil(h / 2), max(0, c - w // 2):c + math.ceil(w / 2)]
+        oh, ow = min(H, h), min(W, w)
+        x = self.conv(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = x.reshape(n, O, I, oh, ow)[:, :, :i, :h, :w]
+        if min(h, w) > min(oh, ow):
+            if n != 1:
+                raise HypernetError(f"the reference GHN-3 resizes kernels larger than its {H}x{W} slots one tensor "
+                                    f"at a time and fails on a group of {n} tensors of grouping key {tuple(shape)}")
+            x = F.interpolate(x[0], (h, w), mode="bilinear").unsqueeze(0)
+        if class_pred:
+            if x.shape[-2] != x.shape[-1]:
+                raise HypernetError(f"the reference GHN-3 needs a square block for a classifier, got {tuple(x.shape)}")
+            k = x.shape[-1] // 2
+            return self.class_layer_predictor(x[:, :, :, k, k].permute(0, 2, 1)).permute(0, 2, 1)
+        return x[:, :o]

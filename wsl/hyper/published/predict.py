@@ -17,8 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hub import HypernetError
-
 
 def is_published(hypernet: Any) -> bool:
     """A path to a published GHN file or a converted directory (not a packaged name / save_pretrained dir)."""
@@ -34,16 +32,14 @@ def is_published(hypernet: Any) -> bool:
 def _load(path: str) -> nn.Module:
     from . import read_checkpoint
     from .ghn2 import PublishedGHN2
+    from .ghn3 import PublishedGHN3
 
     ckpt = read_checkpoint(path)
-    if ckpt.is_ghn2:
+    # ppuda files run as ppuda runs them; every ghn3-format file (GHN-3, and GHN-2 weights released in ghn3's
+    # format) as ghn3's from_pretrained runs it (its own graph, decoder and resizing)
+    source = ckpt.metadata.get("source_format", ckpt.format) if ckpt.format.startswith("converted") else ckpt.format
+    if source == "ppuda":
         return PublishedGHN2.from_checkpoint(ckpt)
-    try:
-        from .ghn3 import PublishedGHN3  # type: ignore[import-not-found]
-    except ImportError:
-        raise HypernetError(f"{path}: a GHN-3 checkpoint (read, config {ckpt.config}); predicting with GHN-3 "
-                            "weights is not implemented yet: convert it with `wsl convert-hypernet` to keep it, "
-                            "or use a GHN-2 (ppuda) checkpoint") from None
     return PublishedGHN3.from_checkpoint(ckpt)
 
 
@@ -82,7 +78,8 @@ def predict_published(model: nn.Module, ghn: nn.Module, name: str, report: Any, 
             for b, _ in m.named_buffers(recurse=False):
                 report.buffers[f"{mname}.{b}" if mname else b] = (
                     "reset: running statistics of other weights do not fit predicted ones; recompute with "
-                    "wsl.hyper.calibrate_norm_stats(model, batches) (the reference runs BatchNorm on batch statistics)")
+                    "wsl.hyper.calibrate_norm_stats(model, batches) (ppuda's set-up instead runs BatchNorm on batch "
+                    "statistics; ghn3 leaves the buffers as they were)")
     for key in report.keys:
         if key in report.predicted or key in report.buffers:
             continue
