@@ -69,6 +69,7 @@ ap.add_argument("--warmup", type=int, default=0, help="linear LR warmup steps (r
 ap.add_argument("--no-canon", action="store_true", help="skip the reference's phase canonicalization")
 ap.add_argument("--train-limit", type=int, default=None)
 ap.add_argument("--threads", type=int, default=1)
+ap.add_argument("--log-every", type=int, default=20, help="print running loss / time every N batches (0: never)")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
@@ -188,7 +189,7 @@ net.train()
 for ep in range(args.epochs):
     t1 = time.time()
     tot = cnt = 0
-    for b in loaders["train"]:
+    for i, b in enumerate(loaders["train"]):
         opt.zero_grad()
         loss = F.cross_entropy(net(b), b.label)
         loss.backward()
@@ -197,8 +198,10 @@ for ep in range(args.epochs):
         opt.step()
         if sched is not None:
             sched.step()
-        tot += float(loss) * len(b.label)
+        tot += float(loss.detach()) * len(b.label)
         cnt += len(b.label)
+        if args.log_every and (i + 1) % args.log_every == 0:
+            print(f"  batch {i + 1}/{len(loaders['train'])}: loss {tot / cnt:.4f} ({time.time() - t1:.0f}s)", flush=True)
     t_train = time.time() - t1
     (va, vl), (te, tl) = evaluate("val"), evaluate("test")
     if va > best[0]:
