@@ -49,15 +49,10 @@ def main() -> None:
             t2 = time.perf_counter()
             sd = g.to_state_dict()
             exact = all(torch.equal(sd[k], v) for k, v in m.state_dict().items())
-            e = g.spec.sample_symmetry(torch.Generator().manual_seed(0))
-            m2 = wsl.from_graph(g.apply_symmetry(e), m)
-            d = max_output_diff(m, m2, x)
-            with torch.no_grad():
-                out = m(x)
-            scale = float(out.abs().max())
-            moved = (e.perm != torch.arange(e.perm.numel())).sum().item()
+            check = wsl.verify_symmetries(m, x, graph=g, dtype=torch.float32, trials=2)
+            d, scale, moved = check.worst, check.output_scale, check.trials[0]["moved"]
             bad = max_output_diff(m, wsl.from_graph(inconsistent_graph(g, torch.Generator().manual_seed(0)), m), x)
-            print(f"{name:28s} exact={exact} out={scale:.1e} diff={d:.2e} wrong={bad:.1e} moved={moved}/{g.spec.num_nodes} "
+            print(f"{name:28s} exact={exact} out={scale:.1e} rel.diff={d:.2e} ok={check.ok} wrong={bad:.1e} moved={moved}/{g.spec.num_nodes} "
                   f"free={g.spec.symmetry.num_free_classes()} scale={len(g.spec.scale_sets())} "
                   f"trace={t2 - t1:.2f}s params={g.spec.num_parameters / 1e6:.1f}M notes={len(g.spec.notes)}",
                   flush=True)

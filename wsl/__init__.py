@@ -6,6 +6,7 @@ Public API::
     model2 = wsl.from_graph(graph, model)        # exact inverse (a copy of `model` with the graph's weights)
     g = graph.spec.sample_symmetry(torch.Generator().manual_seed(0))
     graph2 = graph.apply_symmetry(g)             # same function, permuted / rescaled weights
+    print(wsl.verify_symmetries(model, x))       # check the derived symmetries numerically
     sd = wsl.load_checkpoint("model.safetensors")  # safe: safetensors / weights_only pickles / HF dirs
     wsl.save_graph(graph, "graph.safetensors"); wsl.load_graph("graph.safetensors")
     element, aligned = wsl.align.weight_matching(graph_a, graph_b)   # Git Re-Basin over the spec's groups
@@ -25,6 +26,7 @@ from .graph import (
     save_graph,
     to_graph,
     trace,
+    verify_symmetries,
 )
 from .hyper import predict_parameters
 from .io import CheckpointError, check_state_dict, load_checkpoint
@@ -51,4 +53,5 @@ __all__ = [
     "save_graph",
     "to_graph",
     "trace",
+    "verify_symmetries",
 ]

@@ -5,6 +5,7 @@
     wsl convert CKPT --arch torchvision:resnet18 -o graph.pt      # checkpoint -> parameter graph file
     wsl inspect graph.pt                                          # table: nodes, edges, layers, symmetries
     wsl inspect CKPT --arch timm:resnet18 --plot graph.png        # also draw a (small) network's graph
+    wsl inspect CKPT --arch timm:resnet18 --verify                # check the derived symmetries numerically
     wsl demo                                                      # convert + inspect + symmetry check
     wsl train [HYDRA OVERRIDES]                                   # train a metanetwork (configs/, Hydra)
     wsl train-ghn [HYDRA OVERRIDES]                               # train a graph hypernetwork (configs/ghn.yaml)
@@ -98,6 +99,8 @@ def format_table(graph: Any, *, max_groups: int = 12) -> str:
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
+    if a.verify and not a.arch:
+        raise SystemExit(f"wsl: --verify runs the network, so it needs the architecture: pass --arch ({ARCH_HELP})")
     graph = _load_any(a.path, a.arch, a.input_shape, a.allow_pickle)
     print(format_table(graph))
     if a.plot:
@@ -105,6 +108,14 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
         plot_graph(graph, a.plot)
         print(f"plot written to {a.plot}")
+    if a.verify:
+        from .graph import from_graph, verify_symmetries
+        from .graph.arch import build_arch
+
+        model = from_graph(graph, build_arch(a.arch))
+        report = verify_symmetries(model, _example_inputs(a.input_shape), trials=a.verify)
+        print(report)
+        return 0 if report.ok else 1
     return 0
 
 
@@ -158,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--input-shape")
     i.add_argument("--allow-pickle", action="store_true")
     i.add_argument("--plot", metavar="PNG", help="draw the parameter graph (small networks only)")
+    i.add_argument("--verify", type=int, nargs="?", const=3, default=0, metavar="TRIALS",
+                   help="check the derived symmetries numerically on TRIALS random elements (default 3; needs "
+                        "--arch); exit status 1 when one changes the outputs")
     i.set_defaults(func=cmd_inspect)
     d = sub.add_parser("demo", help="convert + inspect + symmetry check on a torchvision model")
     d.add_argument("--arch", default="torchvision:resnet18")

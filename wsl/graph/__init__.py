@@ -6,6 +6,7 @@ from .paramgraph import ParamGraph
 from .serialize import GraphFileError, load_graph, save_graph
 from .spec import NetworkSpec
 from .symmetry import SymmetryElement
+from .verify import SymmetryCheck, verify_symmetries
 
 __all__ = [
     "EDGE_TYPES",
@@ -15,6 +16,7 @@ __all__ = [
     "GraphFileError",
     "NetworkSpec",
     "ParamGraph",
+    "SymmetryCheck",
     "SymmetryElement",
     "from_graph",
     "graph_from_state",
@@ -22,4 +24,5 @@ __all__ = [
     "save_graph",
     "to_graph",
     "trace",
+    "verify_symmetries",
 ]

@@ -80,6 +80,8 @@ def contract(tr: Tracer, a_ids: Tensor, a_shape, b_ids: Tensor, b_shape) -> Tens
     SA = SA.narrow(nd - 1, 0, 1) if SA.shape[nd - 1] > 1 else SA
     SB = SB.narrow(nd - 2, 0, 1) if SB.shape[nd - 2] > 1 else SB
     la, lb = bool((SA >= 0).any()), bool((SB >= 0).any())
+    if la != lb:
+        _pin_heads(tr, SA if la else SB, nd - 2 if la else nd - 1, b_shape if la else a_shape, nd)
     if not la:
         return SB if SB.ndim == nd else None
     if not lb:
@@ -103,6 +105,20 @@ def contract(tr: Tracer, a_ids: Tensor, a_shape, b_ids: Tensor, b_shape) -> Tens
     shape = torch.broadcast_shapes(heads.shape, coarse.shape)
     tr.builder.tie(heads.expand(shape), coarse.expand(shape))
     return fine
+
+
+def _pin_heads(tr: Tracer, X: Tensor, fdim: int, other_shape, nd: int) -> None:
+    """The other operand holds no neurons but differs along ``X``'s labelled batch dims (per-head scores
+    from fixed q / k): ``X``'s heads stay in place; permutations within a head remain free."""
+    shp = (1,) * (nd - len(other_shape)) + tuple(other_shape)
+    lab = labelled_dims(X)
+    if not any(shp[d] > 1 for d in lab if d < nd - 2):
+        return
+    rows = [d for d in lab if d != fdim]
+    if fdim not in lab or not rows:
+        tr.builder.fix(X)
+        return
+    tr.builder.fix(blockify(tr, X, rows, [fdim]))
 
 
 @op_handler("matmul", "bmm", "__matmul__", "__rmatmul__")
@@ -140,11 +156,29 @@ def sdpa(tr: Tracer, call: Call) -> None:
     if s is None:
         unknown_op(tr, call)
         return
+    _tie_mask(tr, call.arg(3, "attn_mask"), s, scores_shape)
     out = contract(tr, s, scores_shape, iv.ids, v.shape)
     if out is None:
         unknown_op(tr, call)
         return
     tr.set_act(call.out, out.reshape((1,) * (call.out.ndim - out.ndim) + tuple(out.shape)))
+
+
+def _tie_mask(tr: Tracer, mask, scores: Tensor, scores_shape) -> None:
+    """An additive ``attn_mask`` that holds neurons (a learned per-head bias, e.g. T5's relative-position
+    bias) is added to the scores: its head neurons move with the scores' heads; anything else is fixed."""
+    info = tr.info_of(mask) if isinstance(mask, Tensor) else None
+    if not isinstance(info, Act) or not bool((info.ids >= 0).any()):
+        return
+    nd = len(scores_shape)
+    m = info.ids.reshape((1,) * (nd - info.ids.ndim) + tuple(info.ids.shape))
+    s = scores.reshape((1,) * (nd - scores.ndim) + tuple(scores.shape))
+    if not set(labelled_dims(m)) <= set(labelled_dims(s)):
+        tr.builder.fix(m)  # neurons varying along positions: no permutation of ours can follow them
+        tr.builder.fix(s)
+        return
+    shape = torch.broadcast_shapes(tuple(m.shape), tuple(s.shape))
+    tr.builder.tie(m.expand(shape), s.expand(shape))
 
 
 @op_handler("einsum")

@@ -224,15 +224,24 @@ class SymmetryGroups:
         return cls(n, cell_start, cell_size, cell_class, class_fixed, class_blocks, cell_head, scale_kind)
 
     # ------------------------------------------------------------- sampling
-    def sample(self, generator: torch.Generator | None = None, *, scale: bool = True) -> SymmetryElement:
-        """A uniformly random permutation from the group, with random scale factors if ``scale``."""
+    def sample(self, generator: torch.Generator | None = None, *, scale: bool = True,
+               classes_only: set[int] | None = None) -> SymmetryElement:
+        """A uniformly random permutation from the group, with random scale factors if ``scale``.
+
+        ``classes_only`` (class ids) moves only those classes, as if every other class were fixed (used to
+        find which class breaks a network's function, see :func:`wsl.graph.verify.verify_symmetries`).
+        """
         perm = torch.arange(self.num_nodes)
         class_perm: dict[int, Tensor] = {}
         starts, sizes, classes = self.cell_start.tolist(), self.cell_size.tolist(), self.cell_class.tolist()
         order = sorted(range(len(starts)), key=lambda c: classes[c] in self.class_blocks)  # flat (heads) first
+
+        def fixed(root: int) -> bool:
+            return self.class_fixed.get(root, False) or (classes_only is not None and root not in classes_only)
+
         for c in order:
             root, s, size = classes[c], starts[c], sizes[c]
-            if self.class_fixed.get(root, False):
+            if fixed(root):
                 continue
             if root in self.class_blocks:
                 g, m = self.class_blocks[root]
@@ -240,7 +249,7 @@ class SymmetryGroups:
                     class_perm[root] = torch.stack([torch.randperm(m, generator=generator) for _ in range(g)])
                 within = class_perm[root]
                 head = self.cell_head.get(c)
-                if head is not None and not self.class_fixed.get(classes[head], False):
+                if head is not None and not fixed(classes[head]):
                     h0 = starts[head]
                     sigma = perm[h0 : h0 + g] - h0
                 else:

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten
 
 from ..graph import ParamGraph, SymmetryElement, from_graph
+from ..graph.verify import model_outputs
 
 
 def assert_roundtrip(graph: ParamGraph, reference: Mapping[str, Tensor]) -> None:
@@ -29,16 +29,7 @@ def assert_roundtrip(graph: ParamGraph, reference: Mapping[str, Tensor]) -> None
 
 
 def _outputs(model: nn.Module, inputs: Any) -> list[Tensor]:
-    with torch.no_grad():
-        if isinstance(inputs, Mapping):
-            out = model(**inputs)
-        elif isinstance(inputs, Tensor):
-            out = model(inputs)
-        else:
-            out = model(*inputs)
-    if hasattr(out, "to_tuple"):
-        out = out.to_tuple()
-    return [t for t in tree_flatten(out)[0] if isinstance(t, Tensor) and t.is_floating_point()]
+    return model_outputs(model, inputs)
 
 
 def max_output_diff(a: nn.Module, b: nn.Module, inputs: Any) -> float:
