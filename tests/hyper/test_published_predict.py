@@ -12,7 +12,7 @@ import torchvision
 from safetensors.torch import load_file
 
 from wsl.cli import main
-from wsl.hyper import HypernetError, predict_parameters
+from wsl.hyper import HypernetError, from_pretrained, predict_parameters
 from wsl.hyper.published import PublishedGHN2, read_checkpoint, write_converted
 
 HERE = Path(__file__).parents[1] / "fixtures" / "published_ghn"
@@ -73,3 +73,13 @@ def test_cli_predict_with_published_file(ghn2_file, tmp_path, capsys):
 def test_reference_refusals_are_clear(ghn2_file):
     with pytest.raises(HypernetError, match="VisionTransformer"):
         predict_parameters(torchvision.models.vit_b_16(), ghn2_file)
+
+
+def test_from_pretrained_loads_published_files_and_converted_directories(ghn2_file, tmp_path):
+    conv = write_converted(read_checkpoint(ghn2_file), tmp_path / "ghn2")
+    a, b = from_pretrained(ghn2_file), from_pretrained(conv)
+    assert isinstance(a, PublishedGHN2) and isinstance(b, PublishedGHN2) and not a.training
+    pa, pb = a.predict(fx.build("tiny")), b.predict(fx.build("tiny"))
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    with pytest.raises(HypernetError, match="not a packaged name.*convert-hypernet.*published GHN file"):
+        from_pretrained(tmp_path / "missing.pt")

@@ -65,14 +65,26 @@ def _files(name_or_path: str | os.PathLike) -> tuple[Path, Path]:
     if p.suffix == ".json" and p.exists() and p.with_suffix(".safetensors").exists():
         return p, p.with_suffix(".safetensors")
     raise HypernetError(f"unknown hypernetwork {s!r}: not a packaged name (available: {', '.join(packaged()) or 'none'})"
-                        " and not a directory written by save_pretrained()")
+                        ", not a directory written by save_pretrained() or `wsl convert-hypernet`, and not a "
+                        "published GHN file (ppuda .pt / ghn3 release)")
 
 
 def from_pretrained(name_or_path: str | os.PathLike) -> Any:
-    """Load a packaged hypernetwork by name, or one saved with ``save_pretrained`` from its directory."""
+    """Load a hypernetwork: a packaged one by name, one saved with ``save_pretrained`` from its directory, or
+    a published GHN — a ppuda / ghn3 release file (read without running its pickles) or a directory written
+    by ``wsl convert-hypernet`` — as :class:`~wsl.hyper.published.PublishedGHN2` / ``PublishedGHN3``."""
     from .ghn import HYPERNETS
+    from .published.convert import is_converted
+    from .published.predict import is_published, load_published
 
-    cfg_path, w_path = _files(name_or_path)
+    if is_converted(name_or_path):
+        return load_published(name_or_path)
+    try:
+        cfg_path, w_path = _files(name_or_path)
+    except HypernetError:
+        if is_published(name_or_path):
+            return load_published(name_or_path)
+        raise
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:

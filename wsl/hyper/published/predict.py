@@ -25,7 +25,7 @@ def is_published(hypernet: Any) -> bool:
     from .convert import is_converted
 
     p = Path(hypernet)
-    return p.is_file() or is_converted(p)
+    return (p.is_file() and p.suffix != ".json") or is_converted(p)  # a .json is a saved wsl config
 
 
 @functools.lru_cache(maxsize=2)
