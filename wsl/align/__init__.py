@@ -3,7 +3,8 @@
 * :func:`weight_matching` — Git Re-Basin weight matching for any architecture ``wsl.to_graph`` supports;
 * :func:`align_to_reference` — weight-match a whole zoo to one network, once (then plain mixup is aligned);
 * :func:`activation_matching` — match neurons by the correlation of their activations on data;
-* :func:`weight_distance` — Euclidean distance between two graphs' learnable values.
+* :func:`weight_distance` — Euclidean distance between two graphs' learnable values;
+* :mod:`~wsl.align.canonical` — canonical positive scales / signs, so matching covers the whole group.
 """
 
 from .activation import activation_matching

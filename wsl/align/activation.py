@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..graph import ParamGraph, SymmetryElement, to_graph
+from ..graph import ParamGraph, SymmetryElement, from_graph, to_graph
+from .canonical import canonical_scales, compose
 from .weight_matching import Matcher, _lap
 
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
@@ -78,7 +79,8 @@ def _standardize(z: Tensor) -> Tensor:
 
 def activation_matching(model_a: nn.Module, model_b: nn.Module, data: Any, *, graph_a: ParamGraph | None = None,
                         graph_b: ParamGraph | None = None, max_iter: int = 100,
-                        generator: torch.Generator | None = None) -> tuple[SymmetryElement, ParamGraph]:
+                        generator: torch.Generator | None = None,
+                        scales: bool = True) -> tuple[SymmetryElement, ParamGraph]:
     """Align ``model_b`` to ``model_a`` by activation correlation on ``data`` (see the module docstring).
 
     Args:
@@ -86,6 +88,8 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, data: Any, *, gr
         data: an input tensor, a dict of keyword inputs, or an iterable of batches (``(x, y)`` pairs are fine).
         graph_a, graph_b: their graphs, if already converted (else traced from ``model_a`` on ``data``).
         max_iter, generator: for the weight-matching fallback (see :func:`weight_matching`).
+        scales: also solve positive-scale / sign-flip symmetries (both models are matched in canonical
+            scales, :mod:`wsl.align.canonical`); ``False``: permutations only.
 
     Returns:
         ``(element, aligned_b)`` with ``aligned_b = graph_b.apply_symmetry(element)``.
@@ -97,6 +101,14 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, data: Any, *, gr
             example = first[0] if isinstance(first, (tuple, list)) else first
         graph_a = graph_a if graph_a is not None else to_graph(model_a, example_inputs=example)
         graph_b = graph_b if graph_b is not None else to_graph(model_b, example_inputs=example, spec=graph_a.spec)
+    fa, fb = (canonical_scales(graph_a), canonical_scales(graph_b)) if scales else (None, None)
+    graph_b_in = graph_b
+    if fa is not None:  # match canonical copies: sign flips would otherwise turn correlations negative
+        graph_a = graph_a.apply_symmetry(SymmetryElement(torch.arange(fa.numel()), fa))
+        model_a = from_graph(graph_a, model_a)
+    if fb is not None:
+        graph_b = graph_b.apply_symmetry(SymmetryElement(torch.arange(fb.numel()), fb))
+        model_b = from_graph(graph_b, model_b)
     acts_a, acts_b = capture(model_a, graph_a, data), capture(model_b, graph_b, data)
     set_of = {s.start: s for s in graph_a.spec.sets}
     corr = {k: _standardize(acts_a[k]).T @ _standardize(acts_b[k]) / acts_a[k].shape[0]
@@ -119,5 +131,5 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, data: Any, *, gr
             m.set_local(root, _lap(C)[0])
             matched.add(root)
     m.run(max_iter, generator, skip=matched)
-    el = m.element()
-    return el, graph_b.apply_symmetry(el)
+    el = compose(m.perm, fa, fb)
+    return el, graph_b_in.apply_symmetry(el)

@@ -37,6 +37,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ..graph import ParamGraph, SymmetryElement
+from .canonical import canonicalize, compose
 from .structure import AlignIndex, ClassInfo, align_index
 
 _DENSE_LIMIT = 4_000_000
@@ -218,7 +219,8 @@ class Matcher:
 
 
 def weight_matching(graph_a: ParamGraph, graph_b: ParamGraph, *, max_iter: int = 100,
-                    generator: torch.Generator | None = None) -> tuple[SymmetryElement, ParamGraph]:
+                    generator: torch.Generator | None = None,
+                    scales: bool = True) -> tuple[SymmetryElement, ParamGraph]:
     """Align ``graph_b`` to ``graph_a`` by weight matching (see the module docstring).
 
     Args:
@@ -226,14 +228,20 @@ def weight_matching(graph_a: ParamGraph, graph_b: ParamGraph, *, max_iter: int =
         graph_b: a graph of the same architecture.
         max_iter: maximum number of sweeps over the permutation classes.
         generator: randomizes the order classes are visited in each sweep (``None``: fixed order).
+        scales: also solve the positive-scale (ReLU) and sign-flip (tanh / sin) symmetries: both graphs are
+            brought to canonical scales (:mod:`wsl.align.canonical`) before the permutations are matched.
+            ``False``: permutations only.
 
     Returns:
         ``(element, aligned_b)`` with ``aligned_b = graph_b.apply_symmetry(element)``: the same function as
-        ``graph_b``, with weights close to ``graph_a``'s. Scale / sign symmetries are not searched.
+        ``graph_b``, with weights close to ``graph_a``'s (equal to them when ``graph_b`` is ``graph_a``
+        transformed by any element of the group, up to float rounding of the scales).
     """
-    m = Matcher(graph_a, graph_b)
+    fa, ca = canonicalize(graph_a) if scales else (None, graph_a)
+    fb, cb = canonicalize(graph_b) if scales else (None, graph_b)
+    m = Matcher(ca, cb)
     m.run(max_iter, generator)
-    el = m.element()
+    el = compose(m.perm, fa, fb)
     return el, graph_b.apply_symmetry(el)
 
 
