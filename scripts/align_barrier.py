@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--bn", action="store_true", help="BatchNorm after every conv (stats reset on merged nets)")
     ap.add_argument("--points", type=int, default=11, help="points on the linear path")
     ap.add_argument("--seeds", type=int, nargs=2, default=(1, 2))
+    ap.add_argument("--no-scales", action="store_true", help="match permutations only (no ReLU scale solve)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     xtr, ytr, xte, yte = digits()
@@ -85,7 +86,7 @@ def main() -> None:
     ga = wsl.to_graph(a, example_inputs=xte[:2])
     gb = wsl.to_graph(b, example_inputs=xte[:2], spec=ga.spec)
     t0 = time.perf_counter()
-    _, gb_aligned = weight_matching(ga, gb)
+    _, gb_aligned = weight_matching(ga, gb, scales=not args.no_scales)
     t_align = time.perf_counter() - t0
     b_aligned = wsl.from_graph(gb_aligned, b)
 
@@ -98,7 +99,7 @@ def main() -> None:
     aligned = loss_barrier(a, b_aligned, loss, alphas=args.points, example_inputs=xte[:2])
     bn_data = xtr.split(256) if args.bn else None
     avg_naive = merge([a, b], "average", example_inputs=xte[:2], bn_data=bn_data)
-    avg_aligned = merge([a, b], "aligned", example_inputs=xte[:2], bn_data=bn_data)
+    avg_aligned = merge([a, b], "aligned", example_inputs=xte[:2], bn_data=bn_data, scales=not args.no_scales)
 
     print(f"two CNNs (width {args.width}, {'BatchNorm, ' if args.bn else ''}{sum(p.numel() for p in a.parameters()):,} "
           f"parameters) on sklearn digits 8x8, {args.epochs} epochs each: trained in {t_train:.1f} s; "

@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--zoo", default=None, help="a digits-CNN zoo directory (default: build / open the default zoo)")
     ap.add_argument("--min-acc", type=float, default=0.8, help="both networks of a pair need this test accuracy")
     ap.add_argument("--points", type=int, default=11, help="points on the linear path")
+    ap.add_argument("--no-scales", action="store_true", help="match permutations only (no ReLU / tanh scale solve)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     zoo = ZooDir(args.zoo) if args.zoo else generate_digits_cnn(DigitsCNNConfig())
@@ -89,7 +90,7 @@ def main() -> None:
         ga = wsl.to_graph(a, example_inputs=ex)
         gb = wsl.to_graph(b, example_inputs=ex, spec=ga.spec)
         t0 = time.perf_counter()
-        _, gb_aligned = weight_matching(ga, gb)
+        _, gb_aligned = weight_matching(ga, gb, scales=not args.no_scales)
         ms = 1000 * (time.perf_counter() - t0)
         b_aligned = wsl.from_graph(gb_aligned, b)
 
@@ -100,7 +101,7 @@ def main() -> None:
         naive = loss_barrier(a, b, loss, alphas=args.points, example_inputs=ex)
         aligned = loss_barrier(a, b_aligned, loss, alphas=args.points, example_inputs=ex)
         avg = merge([a, b], "average", example_inputs=ex, bn_data=xtr.split(256))
-        avg_al = merge([a, b], "aligned", example_inputs=ex, bn_data=xtr.split(256))
+        avg_al = merge([a, b], "aligned", example_inputs=ex, bn_data=xtr.split(256), scales=not args.no_scales)
         acc_a, acc_b = evaluate(a, xte, yte)[1], evaluate(b, xte, yte)[1]
         acc_avg, acc_al = evaluate(avg, xte, yte)[1], evaluate(avg_al, xte, yte)[1]
         kw = zoo.manifest["architectures"][arch].get("kwargs", {})

@@ -73,7 +73,7 @@ def average_graphs(graphs: Sequence[ParamGraph], weights: Sequence[float] | None
 
 def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[float] | None = None,
           max_iter: int = 100, rounds: int = 20, generator: torch.Generator | None = None,
-          example_inputs: Any = None, bn_data: Any = None) -> Any:
+          example_inputs: Any = None, bn_data: Any = None, scales: bool = True) -> Any:
     """Merge networks of one architecture into one.
 
     Args:
@@ -84,6 +84,7 @@ def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[f
         generator: class visiting order of weight matching.
         example_inputs: tracing inputs for modules (see ``wsl.trace``).
         bn_data: inputs to recompute BatchNorm statistics of the merged module (see :func:`reset_bn`).
+        scales: aligned methods also solve ReLU scales / tanh-sin signs (see :func:`wsl.align.weight_matching`).
 
     Returns:
         An ``nn.Module`` (a copy of ``models[0]`` with the merged weights) when given modules, else a
@@ -93,10 +94,10 @@ def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[f
         raise ValueError(f"merge: method must be one of {METHODS}, got {method!r}")
     graphs, template = _graphs(models, example_inputs)
     if method == "aligned":
-        graphs = [graphs[0]] + [weight_matching(graphs[0], g, max_iter=max_iter, generator=generator)[1]
-                                for g in graphs[1:]]
+        graphs = [graphs[0]] + [weight_matching(graphs[0], g, max_iter=max_iter, generator=generator,
+                                                scales=scales)[1] for g in graphs[1:]]
     elif method == "aligned_iterative":
-        graphs = _merge_many(graphs, weights, max_iter, rounds, generator)
+        graphs = _merge_many(graphs, weights, max_iter, rounds, generator, scales)
     merged = average_graphs(graphs, weights)
     if template is None:
         return merged
@@ -107,10 +108,10 @@ def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[f
 
 
 def _merge_many(graphs: list[ParamGraph], weights: Sequence[float] | None, max_iter: int, rounds: int,
-                generator: torch.Generator | None) -> list[ParamGraph]:
+                generator: torch.Generator | None, scales: bool = True) -> list[ParamGraph]:
     originals = list(graphs)
-    aligned = [graphs[0]] + [weight_matching(graphs[0], g, max_iter=max_iter, generator=generator)[1]
-                             for g in graphs[1:]]
+    aligned = [graphs[0]] + [weight_matching(graphs[0], g, max_iter=max_iter, generator=generator,
+                                             scales=scales)[1] for g in graphs[1:]]
     perms = [None] * len(graphs)
     for _ in range(rounds):
         changed = False
@@ -118,7 +119,7 @@ def _merge_many(graphs: list[ParamGraph], weights: Sequence[float] | None, max_i
             others = [g for j, g in enumerate(aligned) if j != i]
             w = None if weights is None else [x for j, x in enumerate(weights) if j != i]
             el, aligned[i] = weight_matching(average_graphs(others, w), originals[i], max_iter=max_iter,
-                                             generator=generator)
+                                             generator=generator, scales=scales)
             if perms[i] is None or not torch.equal(perms[i], el.perm):
                 changed = True
             perms[i] = el.perm
