@@ -29,12 +29,6 @@ def _double(x: Any) -> Any:
     return tree_map(lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, x)
 
 
-def _scale(model: nn.Module, x: Any) -> float:
-    from wsl.testing.checks import _outputs
-
-    return max(float(o.abs().max()) for o in _outputs(model, x))
-
-
 def check_zoo_model(model: nn.Module, x: Any, calibrate: Any = None, *, seed: int = 0) -> wsl.ParamGraph:
     model.eval()
     randomize_(model, torch.Generator().manual_seed(seed), calibrate=calibrate)
@@ -42,11 +36,11 @@ def check_zoo_model(model: nn.Module, x: Any, calibrate: Any = None, *, seed: in
     x = _double(x)
     graph = wsl.to_graph(model, example_inputs=x)
     assert_roundtrip(graph, model.state_dict())
-    check = wsl.verify_symmetries(model, x, graph=graph, trials=2, seed=seed, tol=SYM_TOL)
+    check = wsl.verify_symmetries(model, x, graph=graph, trials=1, seed=seed, tol=SYM_TOL)
     assert max(t["moved"] for t in check.trials) > 0, "symmetry element moved no neuron"
     assert check.output_scale > 0
     assert check.ok, str(check)
-    scale = _scale(model, x)
+    scale = check.output_scale
     bad = max_output_diff(model, wsl.from_graph(inconsistent_graph(graph, torch.Generator().manual_seed(seed)),
                                                 model), x)
     assert bad > SENSITIVITY * scale, f"inconsistent permutation changed outputs only by {bad:.3e} (scale {scale:.2e})"
