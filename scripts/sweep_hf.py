@@ -21,7 +21,8 @@ warnings.filterwarnings("ignore")
 V = 100
 IDS = {"input_ids": torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(0))}
 DEC = {"input_ids": IDS["input_ids"], "decoder_input_ids": IDS["input_ids"][:, :5]}
-SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+SMALL = {"vocab_size": V, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4}
 
 
 def cases():

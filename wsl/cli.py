@@ -7,6 +7,7 @@
     wsl inspect CKPT --arch timm:resnet18 --plot graph.png        # also draw a (small) network's graph
     wsl inspect CKPT --arch timm:resnet18 --verify                # check the derived symmetries numerically
     wsl demo                                                      # convert + inspect + symmetry check
+    wsl merge a.safetensors b.safetensors --arch ARCH -o merged.safetensors   # aligned average
     wsl train [HYDRA OVERRIDES]                                   # train a metanetwork (configs/, Hydra)
     wsl train-ghn [HYDRA OVERRIDES]                               # train a graph hypernetwork (configs/ghn.yaml)
     wsl predict --arch torchvision:resnet18 --input-shape 1,3,64,64 -o pred.safetensors --report report.json
@@ -153,6 +154,46 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0 if exact and diff <= 1e-4 else 1
 
 
+def cmd_merge(a: argparse.Namespace) -> int:
+    """Merge checkpoints of one architecture into one (average / aligned / MergeMany)."""
+    from .graph import to_graph
+    from .graph.arch import build_arch
+    from .merge import merge
+
+    out = a.output
+    if not out.endswith((".safetensors", ".pt", ".pth")):
+        raise SystemExit(f"wsl: -o {out}: the merged checkpoint must end in .safetensors, .pt or .pth")
+    if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
+        raise SystemExit(f"wsl: -o {out}: directory {os.path.dirname(out)!r} does not exist")
+    if len(a.checkpoints) < 2:
+        raise SystemExit("wsl: merge needs at least two checkpoints")
+    weights = [float(w) for w in a.weights.split(",")] if a.weights else None
+    if weights is not None and len(weights) != len(a.checkpoints):
+        raise SystemExit(f"wsl: --weights has {len(weights)} values for {len(a.checkpoints)} checkpoints")
+    module = build_arch(a.arch)
+    example = _example_inputs(a.input_shape)
+    graphs, spec = [], None
+    for path in a.checkpoints:
+        g = to_graph(path, arch=module, example_inputs=example, spec=spec, allow_pickle=a.allow_pickle)
+        spec = spec or g.spec
+        graphs.append(g)
+    t0 = time.perf_counter()
+    merged = merge(graphs, a.method, weights=weights, scales=not a.no_scales)
+    state = merged.to_state_dict()
+    if out.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, out)
+    else:
+        torch.save(state, out)
+    print(f"merged {len(graphs)} checkpoints ({a.method}, {spec.num_parameters:,} parameters each) in "
+          f"{time.perf_counter() - t0:.2f}s -> {out}")
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        print("note: BatchNorm running statistics were averaged, which is not the statistics of the merged "
+              "network; recompute them on data with wsl.merge.reset_bn(model, batches)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsl", description="weight-space learning: networks as parameter graphs")
     sub = p.add_subparsers(dest="command", required=True)
@@ -179,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", default="outputs/demo_graph.safetensors")
     d.add_argument("--plot", default="outputs/demo_graph.png")
     d.set_defaults(func=cmd_demo)
+    mg = sub.add_parser("merge", help="merge checkpoints of one architecture (averaging, weight-matching alignment)")
+    mg.add_argument("checkpoints", nargs="+", help="two or more checkpoints (safetensors / .pt / .pth / HF dir)")
+    mg.add_argument("--arch", required=True, help=ARCH_HELP)
+    mg.add_argument("--method", default="aligned", choices=["average", "uniform_soup", "aligned", "aligned_iterative"],
+                    help="aligned: weight-match all to the first, then average (default); aligned_iterative: "
+                         "MergeMany; average / uniform_soup: plain mean (greedy soups need a score: Python API)")
+    mg.add_argument("--weights", help="comma-separated averaging weights, one per checkpoint")
+    mg.add_argument("--no-scales", action="store_true", help="align permutations only (no ReLU / tanh scale solve)")
+    mg.add_argument("-o", "--output", required=True, help="merged checkpoint (.safetensors, .pt or .pth)")
+    mg.add_argument("--input-shape", help="example input shape for tracing, e.g. 1,3,224,224")
+    mg.add_argument("--allow-pickle", action="store_true", help="allow checkpoints that run code when loaded")
+    mg.set_defaults(func=cmd_merge)
     from .hyper.cli import add_convert_hypernet_parser, add_predict_parser
 
     add_predict_parser(sub)

@@ -5,6 +5,9 @@
 * ``merge(models, "aligned")`` — align every model to the first by weight matching, then average;
 * ``merge(models, "aligned_iterative")`` — Git Re-Basin's MergeMany: repeatedly align each model to the
   mean of the others until no permutation changes, then average;
+* ``merge(models, "uniform_soup")`` (= ``"average"``) and ``merge(models, "greedy_soup", score=fn)`` — model
+  soups (Wortsman et al., ICML 2022): the greedy soup adds ingredients in order of their own score and keeps
+  each one only if the soup's score does not drop (:func:`greedy_soup` also returns which were kept);
 * :func:`interpolate` / :func:`loss_barrier` — the linear path ``(1 - t) a + t b`` and its barrier
 
 .. math::
@@ -32,7 +35,7 @@ from .align import weight_matching
 from .augment.base import param_index
 from .graph import ParamGraph, from_graph, to_graph
 
-METHODS = ("average", "aligned", "aligned_iterative")
+METHODS = ("average", "uniform_soup", "aligned", "aligned_iterative", "greedy_soup")
 
 
 def _graphs(items: Sequence[Any], example_inputs: Any = None) -> tuple[list[ParamGraph], nn.Module | None]:
@@ -73,18 +76,22 @@ def average_graphs(graphs: Sequence[ParamGraph], weights: Sequence[float] | None
 
 def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[float] | None = None,
           max_iter: int = 100, rounds: int = 20, generator: torch.Generator | None = None,
-          example_inputs: Any = None, bn_data: Any = None, scales: bool = True) -> Any:
+          example_inputs: Any = None, bn_data: Any = None, scales: bool = True,
+          score: Callable[[Any], float] | None = None) -> Any:
     """Merge networks of one architecture into one.
 
     Args:
         models: ``nn.Module``s or ParamGraphs (modules are converted with ``to_graph``).
-        method: ``"average"``, ``"aligned"`` (align all to the first) or ``"aligned_iterative"`` (MergeMany).
-        weights: averaging weights (default uniform).
+        method: ``"average"`` / ``"uniform_soup"``, ``"aligned"`` (align all to the first),
+            ``"aligned_iterative"`` (MergeMany) or ``"greedy_soup"`` (needs ``score``).
+        weights: averaging weights (default uniform; not used by the greedy soup).
         max_iter: weight-matching sweeps per alignment; ``rounds``: MergeMany rounds.
         generator: class visiting order of weight matching.
         example_inputs: tracing inputs for modules (see ``wsl.trace``).
         bn_data: inputs to recompute BatchNorm statistics of the merged module (see :func:`reset_bn`).
         scales: aligned methods also solve ReLU scales / tanh-sin signs (see :func:`wsl.align.weight_matching`).
+        score: for ``"greedy_soup"``: called with a candidate network (an ``nn.Module`` when given modules,
+            else a ParamGraph) and returns a validation score, higher is better.
 
     Returns:
         An ``nn.Module`` (a copy of ``models[0]`` with the merged weights) when given modules, else a
@@ -92,6 +99,11 @@ def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[f
     """
     if method not in METHODS:
         raise ValueError(f"merge: method must be one of {METHODS}, got {method!r}")
+    if method == "greedy_soup":
+        if score is None:
+            raise ValueError("merge: method='greedy_soup' needs score=<callable(network) -> float, higher is "
+                             "better>, e.g. validation accuracy")
+        return greedy_soup(models, score, example_inputs=example_inputs, bn_data=bn_data)[0]
     graphs, template = _graphs(models, example_inputs)
     if method == "aligned":
         graphs = [graphs[0]] + [weight_matching(graphs[0], g, max_iter=max_iter, generator=generator,
@@ -126,6 +138,39 @@ def _merge_many(graphs: list[ParamGraph], weights: Sequence[float] | None, max_i
         if not changed:
             break
     return aligned
+
+
+def greedy_soup(models: Sequence[Any], score: Callable[[Any], float], *, example_inputs: Any = None,
+                bn_data: Any = None, progress: bool = False) -> tuple[Any, list[int]]:
+    """Greedy model soup: ``(soup, kept)`` with ``kept`` the indices of the ingredients in the soup.
+
+    Ingredients are sorted by their own ``score`` (higher is better); the best starts the soup, and each next
+    one stays if the uniform average of the soup with it scores at least as well as the soup without it. The
+    soup therefore never scores below the best single ingredient. Meant for fine-tunes of one pretrained
+    network (one basin); align independently trained networks first (``merge(..., "aligned")``).
+    """
+    graphs, template = _graphs(models, example_inputs)
+
+    def realize(g: ParamGraph) -> Any:
+        if template is None:
+            return g
+        net = from_graph(g, template)
+        return reset_bn(net, bn_data) if bn_data is not None else net.eval()
+
+    own = [float(score(realize(g))) for g in graphs]
+    order = sorted(range(len(graphs)), key=lambda i: -own[i])
+    kept, best = [order[0]], own[order[0]]
+    it: Iterable[int] = order[1:]
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="greedy soup", unit="ingredient")
+    for i in it:
+        s = float(score(realize(average_graphs([graphs[j] for j in kept + [i]]))))
+        if s >= best:
+            kept.append(i)
+            best = s
+    return realize(average_graphs([graphs[j] for j in kept])), kept
 
 
 def interpolate(a: Any, b: Any, alphas: Iterable[float], *, example_inputs: Any = None) -> list[Any]:
@@ -193,4 +238,4 @@ def reset_bn(model: nn.Module, data: Any, *, max_batches: int | None = None) -> 
     return model
 
 
-__all__ = ["METHODS", "Barrier", "average_graphs", "interpolate", "loss_barrier", "merge", "reset_bn"]
+__all__ = ["METHODS", "Barrier", "average_graphs", "greedy_soup", "interpolate", "loss_barrier", "merge", "reset_bn"]

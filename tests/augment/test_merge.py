@@ -87,3 +87,85 @@ def test_reset_bn_recomputes_statistics() -> None:
     with torch.no_grad():
         h = merged.stem(x)
     assert torch.allclose(merged.bn1.running_mean, h.mean((0, 2, 3)), atol=1e-5)
+
+
+def _finetunes(n: int = 4, seed: int = 0):
+    """A base MLP and ``n`` small perturbations of it (fine-tunes of one network), plus one wrecked copy."""
+    base, g, x = build("mlp_relu", seed)
+    gen = torch.Generator().manual_seed(seed)
+    ings = []
+    for i in range(n + 1):
+        m = wsl.from_graph(g, base)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * (0.05 if i < n else 3.0))
+        ings.append(m)
+    data = torch.randn(256, x.shape[1], generator=gen)
+    with torch.no_grad():
+        target = base(data)
+    return base, ings, data, target
+
+
+def test_uniform_soup_is_the_average() -> None:
+    _, ings, _, _ = _finetunes(3)
+    a, b = merge(ings[:3], "uniform_soup"), merge(ings[:3], "average")
+    want = {k: sum(m.state_dict()[k] for m in ings[:3]) / 3 for k in a.state_dict()}
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in want)
+    assert all(torch.allclose(a.state_dict()[k], want[k], atol=1e-6) for k in want)
+
+
+def test_greedy_soup_keeps_helpful_ingredients_and_drops_the_wrecked_one() -> None:
+    from wsl.merge import greedy_soup
+
+    _, ings, data, target = _finetunes(4)
+
+    def score(m: nn.Module) -> float:
+        with torch.no_grad():
+            return -float((m(data) - target).pow(2).mean())
+
+    soup, kept = greedy_soup(ings, score)
+    own = [score(m) for m in ings]
+    assert kept[0] == max(range(len(ings)), key=lambda i: own[i])  # starts from the best ingredient
+    assert 4 not in kept and len(kept) >= 2  # the wrecked copy would hurt the soup
+    assert score(soup) >= max(own)
+    expected = merge([ings[i] for i in kept], "average")
+    assert all(torch.allclose(soup.state_dict()[k], v) for k, v in expected.state_dict().items())
+    assert score(merge(ings, "average")) < score(soup)  # the uniform soup of all five is worse
+    with pytest.raises(ValueError, match="greedy_soup.*score"):
+        merge(ings, "greedy_soup")
+    assert torch.equal(merge(ings, "greedy_soup", score=score).state_dict()["0.weight"], soup.state_dict()["0.weight"])
+
+
+def test_cli_merge_aligned_checkpoints(tmp_path, capsys) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from wsl.cli import main
+
+    _, a, _ = build("mlp_relu", seed=1)
+    b = a.apply_symmetry(a.spec.sample_symmetry(torch.Generator().manual_seed(0)))
+    save_file(a.to_state_dict(), str(tmp_path / "a.safetensors"))
+    save_file(b.to_state_dict(), str(tmp_path / "b.safetensors"))
+    arch = "module:tests.augment.test_merge:mlp_relu_arch"
+    out = tmp_path / "m.safetensors"
+    assert main(["merge", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--arch", arch,
+                 "--input-shape", "2,3", "-o", str(out)]) == 0
+    assert "merged 2 checkpoints (aligned" in capsys.readouterr().out
+    merged = load_file(str(out))
+    assert all(torch.allclose(merged[k], v, atol=1e-6) for k, v in a.to_state_dict().items())  # b is a's copy
+    assert main(["merge", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--arch", arch,
+                 "--input-shape", "2,3", "--method", "average", "-o", str(tmp_path / "avg.pt")]) == 0
+    avg = torch.load(tmp_path / "avg.pt", weights_only=True)
+    assert not torch.allclose(avg["0.weight"], a.to_state_dict()["0.weight"])
+    with pytest.raises(SystemExit, match="must end in .safetensors"):
+        main(["merge", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--arch", arch,
+              "-o", str(tmp_path / "m.txt")])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["merge", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--arch", arch,
+              "-o", str(tmp_path / "nodir" / "m.pt")])
+    assert not (tmp_path / "nodir").exists() and not (tmp_path / "m.txt").exists()
+
+
+def mlp_relu_arch() -> nn.Module:
+    from tests.nn.archs import BUILDERS
+
+    return BUILDERS["mlp_relu"][0]()
