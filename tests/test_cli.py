@@ -87,3 +87,16 @@ def test_demo_runs(tmp_path, capsys) -> None:
     text = capsys.readouterr().out
     assert "round trip bit-exact: True" in text
     assert out.exists() and png.exists()
+
+
+def test_inspect_of_a_text_file_or_directory_explains_instead_of_crashing(tmp_path) -> None:
+    import pytest
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    with pytest.raises(SystemExit, match=r"notes.txt cannot be read as a graph file .*pass --arch"):
+        main(["inspect", str(text)])
+    with pytest.raises(SystemExit, match=r"is a directory, not a graph file.*pass --arch"):
+        main(["inspect", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no such file or directory"):
+        main(["inspect", str(tmp_path / "missing.pt")])

@@ -44,10 +44,15 @@ def _load_any(path: str, arch: str | None, shape: str | None, allow_pickle: bool
         return load_graph(path)
     except GraphFileError as e:
         if arch is None:
-            if "not a wsl graph file" in str(e) or "no wsl metadata" in str(e):
-                raise SystemExit(f"wsl: {path} is not a graph file; to read a checkpoint pass --arch ({ARCH_HELP})")
             if not os.path.exists(path):
                 raise SystemExit(f"wsl: {path}: no such file or directory")
+            if os.path.isdir(path):
+                raise SystemExit(f"wsl: {path} is a directory, not a graph file; to read an HF checkpoint directory "
+                                 f"pass --arch ({ARCH_HELP})")
+            if "not a wsl graph file" in str(e) or "no wsl metadata" in str(e):
+                raise SystemExit(f"wsl: {path} is not a graph file; to read a checkpoint pass --arch ({ARCH_HELP})")
+            raise SystemExit(f"wsl: {path} cannot be read as a graph file ({e}); to read a checkpoint (a file or an "
+                             f"HF directory) pass --arch ({ARCH_HELP})")
     module = build_arch(arch)
     return to_graph(path, arch=module, example_inputs=_example_inputs(shape), allow_pickle=allow_pickle)
 
