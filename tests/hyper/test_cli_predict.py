@@ -36,3 +36,14 @@ def test_list_and_missing_arch(capsys) -> None:
     assert "ghn2-digits" in capsys.readouterr().out
     with pytest.raises(ValueError, match="needs --arch"):
         _run(["predict"])
+
+
+def test_output_checked_before_the_work_and_no_silent_discard(tmp_path, capsys) -> None:
+    arch = "module:wsl.hyper.sampler:demo_cnn"
+    with pytest.raises(SystemExit, match=r"name the file \*\.safetensors"):
+        _run(["predict", "--arch", arch, "-o", str(tmp_path / "p.pt")])
+    with pytest.raises(SystemExit, match="does not exist"):
+        _run(["predict", "--arch", arch, "-o", str(tmp_path / "no" / "p.safetensors")])
+    assert capsys.readouterr().out == ""  # refused before predicting anything
+    assert _run(["predict", "--arch", arch]) == 0
+    assert "nothing written: pass -o FILE.safetensors" in capsys.readouterr().out

@@ -14,6 +14,7 @@ every tensor as predicted / not predicted (with the reason) / buffer handling.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 
@@ -76,6 +77,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
         return 0
     if not a.arch:
         raise ValueError(f"wsl predict needs --arch ({ARCH_HELP})")
+    if a.output:  # checked before the work, so a typo does not cost a prediction
+        parent = os.path.dirname(a.output)
+        if not a.output.endswith(".safetensors"):
+            raise SystemExit(f"wsl: -o {a.output}: the predicted state_dict is written as safetensors; name the "
+                             "file *.safetensors")
+        if parent and not os.path.isdir(parent):
+            raise SystemExit(f"wsl: -o {a.output}: directory {parent!r} does not exist")
     model = build_arch(a.arch)
     inputs = None
     if a.input_shape:
@@ -104,4 +112,6 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if a.report:
         report.save(a.report)
         print(f"report written to {a.report}")
+    if not a.output:
+        print("nothing written: pass -o FILE.safetensors to keep the predicted weights")
     return 0
