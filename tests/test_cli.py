@@ -100,3 +100,24 @@ def test_inspect_of_a_text_file_or_directory_explains_instead_of_crashing(tmp_pa
         main(["inspect", str(tmp_path)])
     with pytest.raises(SystemExit, match="no such file or directory"):
         main(["inspect", str(tmp_path / "missing.pt")])
+
+
+def test_inspect_marks_truncated_group_names() -> None:
+    from wsl.cli import format_table
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Linear(4, 8)
+            self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(12))
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.stem(x)
+            for b in self.blocks:
+                x = x + b(x)
+            return self.head(x)
+
+    text = format_table(wsl.to_graph(Residual(), example_inputs=torch.randn(2, 4)))
+    line = next(ln for ln in text.splitlines() if "blocks.11" in ln or "... (" in ln)
+    assert "... (" in line and "sets)" in line and len(line) < 140

@@ -91,7 +91,10 @@ def format_table(graph: Any, *, max_groups: int = 12) -> str:
     for g in groups[:max_groups]:
         blocks = f", {g['blocks'][0]} blocks of {g['blocks'][1]}" if g["blocks"] else ""
         names = ", ".join(dict.fromkeys(g["sets"]))
-        lines.append(f"  - S_{g['size']}{blocks}: {names[:90]}")
+        if len(names) > 90:
+            shown = names[:90].rsplit(", ", 1)[0]
+            names = f"{shown}, ... ({len(dict.fromkeys(g['sets']))} sets)"
+        lines.append(f"  - S_{g['size']}{blocks}: {names}")
     if len(groups) > max_groups:
         lines.append(f"  ... and {len(groups) - max_groups} more")
     scale = spec.scale_sets()
