@@ -121,3 +121,14 @@ def test_inspect_marks_truncated_group_names() -> None:
     text = format_table(wsl.to_graph(Residual(), example_inputs=torch.randn(2, 4)))
     line = next(ln for ln in text.splitlines() if "blocks.11" in ln or "... (" in ln)
     assert "... (" in line and "sets)" in line and len(line) < 140
+
+
+def test_parameter_count_excludes_normalization_statistics() -> None:
+    from wsl.cli import format_table
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    graph = wsl.to_graph(model, example_inputs=torch.randn(2, 3, 8, 8))
+    learnable = sum(p.numel() for p in model.parameters())
+    assert graph.spec.num_parameters == learnable and graph.spec.num_statistics == 8  # running mean + var
+    assert f"parameters            {learnable:,} (+ 8 normalization statistics)" in format_table(graph)

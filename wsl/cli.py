@@ -81,7 +81,8 @@ def format_table(graph: Any, *, max_groups: int = 12) -> str:
         f"architecture          {s['arch']}",
         f"nodes                 {s['nodes']:,}",
         f"edges                 {s['edges']:,}",
-        f"parameters            {s['parameters']:,}",
+        f"parameters            {s['parameters']:,}"
+        + (f" (+ {s['statistics']:,} normalization statistics)" if s.get("statistics") else ""),
         f"tensors               {s['tensors']} ({s['passthrough']} kept verbatim)",
         f"layers (graph depth)  {s['layers']}",
         "node kinds            " + ", ".join(f"{k}={v:,}" for k, v in s["node_kinds"].items()),

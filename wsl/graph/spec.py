@@ -94,7 +94,14 @@ class NetworkSpec:
 
     @property
     def num_parameters(self) -> int:
-        return sum(t.numel for t in self.tensors.values() if t.kind != "passthrough")
+        """Learnable values: weights (edges) and biases; normalization running statistics are not counted."""
+        return sum(t.numel for t in self.tensors.values()
+                   if t.kind == "edges" or (t.kind == "nodes" and t.column == NODE_COL["bias"]))
+
+    @property
+    def num_statistics(self) -> int:
+        """Running statistics stored as node features (BatchNorm ``running_mean`` / ``running_var``)."""
+        return sum(t.numel for t in self.tensors.values() if t.kind == "nodes" and t.column != NODE_COL["bias"])
 
     def sample_symmetry(self, generator: torch.Generator | None = None, *, scale: bool = True) -> SymmetryElement:
         """A random element of the network's symmetry group (permutations, and scale / sign factors)."""
@@ -212,6 +219,7 @@ class NetworkSpec:
             "nodes": self.num_nodes,
             "edges": self.num_edges,
             "parameters": self.num_parameters,
+            "statistics": self.num_statistics,
             "tensors": len(self.tensors),
             "passthrough": sum(1 for t in self.tensors.values() if t.kind == "passthrough"),
             "layers": int(self.node_layer.max()) + 1 if self.num_nodes else 0,
