@@ -132,3 +132,22 @@ def test_parameter_count_excludes_normalization_statistics() -> None:
     learnable = sum(p.numel() for p in model.parameters())
     assert graph.spec.num_parameters == learnable and graph.spec.num_statistics == 8  # running mean + var
     assert f"parameters            {learnable:,} (+ 8 normalization statistics)" in format_table(graph)
+
+
+def test_one_finiteness_policy_for_state_dicts_files_and_the_cli(tmp_path, capsys) -> None:
+    import pytest
+
+    sd = tiny().state_dict()
+    sd["0.weight"] = sd["0.weight"].clone()
+    sd["0.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(wsl.CheckpointError, match=r"'0.weight' \(1 NaN.*check_finite=False.*--allow-non-finite"):
+        wsl.to_graph(sd, arch=tiny(), example_inputs=torch.zeros(1, 3, 8, 8))
+    g = wsl.to_graph(sd, arch=tiny(), example_inputs=torch.zeros(1, 3, 8, 8), check_finite=False)
+    assert torch.isnan(g.to_state_dict()["0.weight"]).sum() == 1
+    ckpt, out = tmp_path / "nan.safetensors", tmp_path / "g.pt"
+    save_file(sd, str(ckpt))
+    capsys.readouterr()
+    assert main(["convert", str(ckpt), "--arch", ARCH, "--input-shape", "1,3,8,8", "-o", str(out)]) == 2
+    assert "--allow-non-finite" in capsys.readouterr().err and not out.exists()
+    assert main(["convert", str(ckpt), "--arch", ARCH, "--input-shape", "1,3,8,8", "-o", str(out),
+                 "--allow-non-finite"]) == 0

@@ -35,7 +35,7 @@ def _example_inputs(shape: str | None) -> Any:
     return (torch.zeros(dims),)
 
 
-def _load_any(path: str, arch: str | None, shape: str | None, allow_pickle: bool):
+def _load_any(path: str, arch: str | None, shape: str | None, allow_pickle: bool, check_finite: bool = True):
     from .graph import to_graph
     from .graph.arch import build_arch
     from .graph.serialize import GraphFileError, load_graph
@@ -54,7 +54,8 @@ def _load_any(path: str, arch: str | None, shape: str | None, allow_pickle: bool
             raise SystemExit(f"wsl: {path} cannot be read as a graph file ({e}); to read a checkpoint (a file or an "
                              f"HF directory) pass --arch ({ARCH_HELP})")
     module = build_arch(arch)
-    return to_graph(path, arch=module, example_inputs=_example_inputs(shape), allow_pickle=allow_pickle)
+    return to_graph(path, arch=module, example_inputs=_example_inputs(shape), allow_pickle=allow_pickle,
+                    check_finite=check_finite)
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
@@ -65,7 +66,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
     module = build_arch(a.arch)
     t0 = time.perf_counter()
     graph = to_graph(a.checkpoint, arch=module, example_inputs=_example_inputs(a.input_shape),
-                     allow_pickle=a.allow_pickle)
+                     allow_pickle=a.allow_pickle, check_finite=not a.allow_non_finite)
     dt = time.perf_counter() - t0
     save_graph(graph, a.output)
     s = graph.spec.summary()
@@ -111,7 +112,7 @@ def format_table(graph: Any, *, max_groups: int = 12) -> str:
 def cmd_inspect(a: argparse.Namespace) -> int:
     if a.verify and not a.arch:
         raise SystemExit(f"wsl: --verify runs the network, so it needs the architecture: pass --arch ({ARCH_HELP})")
-    graph = _load_any(a.path, a.arch, a.input_shape, a.allow_pickle)
+    graph = _load_any(a.path, a.arch, a.input_shape, a.allow_pickle, not a.allow_non_finite)
     print(format_table(graph))
     if a.plot:
         from .graph.plot import plot_graph
@@ -183,7 +184,8 @@ def cmd_merge(a: argparse.Namespace) -> int:
     example = _example_inputs(a.input_shape)
     graphs, spec = [], None
     for path in a.checkpoints:
-        g = to_graph(path, arch=module, example_inputs=example, spec=spec, allow_pickle=a.allow_pickle)
+        g = to_graph(path, arch=module, example_inputs=example, spec=spec, allow_pickle=a.allow_pickle,
+                     check_finite=not a.allow_non_finite)
         spec = spec or g.spec
         graphs.append(g)
     t0 = time.perf_counter()
@@ -212,12 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="graph file (.pt or .safetensors)")
     c.add_argument("--input-shape", help="example input shape for tracing, e.g. 1,3,224,224")
     c.add_argument("--allow-pickle", action="store_true", help="allow checkpoints that run code when loaded")
+    c.add_argument("--allow-non-finite", action="store_true", help="convert checkpoints holding NaN / Inf")
     c.set_defaults(func=cmd_convert)
     i = sub.add_parser("inspect", help="summarize a graph file or checkpoint")
     i.add_argument("path")
     i.add_argument("--arch", help=ARCH_HELP + " (needed for checkpoints)")
     i.add_argument("--input-shape")
     i.add_argument("--allow-pickle", action="store_true")
+    i.add_argument("--allow-non-finite", action="store_true", help="convert checkpoints holding NaN / Inf")
     i.add_argument("--plot", metavar="PNG", help="draw the parameter graph (small networks only)")
     i.add_argument("--verify", type=int, nargs="?", const=3, default=0, metavar="TRIALS",
                    help="check the derived symmetries numerically on TRIALS random elements (default 3; needs "
@@ -240,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("-o", "--output", required=True, help="merged checkpoint (.safetensors, .pt or .pth)")
     mg.add_argument("--input-shape", help="example input shape for tracing, e.g. 1,3,224,224")
     mg.add_argument("--allow-pickle", action="store_true", help="allow checkpoints that run code when loaded")
+    mg.add_argument("--allow-non-finite", action="store_true", help="convert checkpoints holding NaN / Inf")
     mg.set_defaults(func=cmd_merge)
     from .hyper.cli import add_convert_hypernet_parser, add_predict_parser
 

@@ -208,8 +208,10 @@ def _edge_pieces(spec: NetworkSpec) -> list[str | Tensor]:
     return pieces
 
 
-def _resolve_state(obj: Any, arch: Any, *, allow_pickle: bool = False) -> tuple[dict[str, Tensor], nn.Module, str]:
+def _resolve_state(obj: Any, arch: Any, *, allow_pickle: bool = False,
+                   check_finite: bool = True) -> tuple[dict[str, Tensor], nn.Module, str]:
     from ..io import check_state_dict, load_checkpoint
+    from ..io.checkpoint import _check_finite
     from .arch import build_arch
 
     if isinstance(arch, str):
@@ -218,9 +220,11 @@ def _resolve_state(obj: Any, arch: Any, *, allow_pickle: bool = False) -> tuple[
         return obj.state_dict(), obj, type(obj).__name__
     if isinstance(obj, (str, os.PathLike)):
         source = os.fspath(obj)
-        state = load_checkpoint(source, allow_pickle=allow_pickle)
+        state = load_checkpoint(source, allow_pickle=allow_pickle, check_finite=check_finite)
     elif isinstance(obj, Mapping):
         source, state = "state_dict", dict(obj)
+        if check_finite:  # the same policy as for files
+            _check_finite(state, "<state_dict passed to to_graph>")
     else:
         raise TypeError(f"to_graph() takes an nn.Module, a state_dict or a checkpoint path, not {type(obj).__name__}")
     if not isinstance(arch, nn.Module):
@@ -247,6 +251,7 @@ def to_graph(
     example_inputs: Any = None,
     spec: NetworkSpec | None = None,
     allow_pickle: bool = False,
+    check_finite: bool = True,
 ) -> ParamGraph:
     """Convert a network into its :class:`ParamGraph`.
 
@@ -258,8 +263,10 @@ def to_graph(
         example_inputs: inputs used to trace (see :func:`trace`).
         spec: a spec from an earlier :func:`trace` of the same architecture, to skip tracing.
         allow_pickle: allow checkpoints that need arbitrary code execution to load (trusted files only).
+        check_finite: refuse a state_dict / checkpoint holding NaN or Inf (as :func:`wsl.load_checkpoint`
+            does); ``False`` converts it anyway. Modules are converted as they are.
     """
-    state, module, _ = _resolve_state(obj, arch, allow_pickle=allow_pickle)
+    state, module, _ = _resolve_state(obj, arch, allow_pickle=allow_pickle, check_finite=check_finite)
     if spec is None:
         spec = trace(module, example_inputs)
     missing = [k for k in spec.keys if k not in state]

@@ -632,7 +632,7 @@ def _move(state_dict: dict[str, torch.Tensor], device: torch.device) -> dict[str
 # --------------------------------------------------------------------------
 
 
-def _check_finite(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+def _check_finite(state_dict: Mapping[str, torch.Tensor], path: Path | str) -> None:
     """Raise if any floating/complex tensor contains NaN or Inf."""
     bad: list[str] = []
     for name, tensor in state_dict.items():
@@ -651,7 +651,7 @@ def _check_finite(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
             f"Checkpoint '{path}' has non-finite values in "
             f"{_plural(len(bad), 'tensor')}: {', '.join(_truncate(bad))}. "
             "The weights may come from a diverged run or a corrupt file; pass "
-            "check_finite=False to load them anyway."
+            "check_finite=False (load_checkpoint / to_graph; CLI: --allow-non-finite) to use them anyway."
         )
 
 
