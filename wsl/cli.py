@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-ARCH_HELP = "architecture: torchvision:NAME | timm:NAME | hf:CONFIG_JSON_OR_DIR | module:pkg.mod:fn"
+from .graph.arch import ARCH_HELP
 
 
 def _example_inputs(shape: str | None) -> Any:

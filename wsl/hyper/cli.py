@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-ARCH_HELP = "architecture: torchvision:NAME | timm:NAME | hf:CONFIG_JSON_OR_DIR | module:pkg.mod:fn"
+from ..graph.arch import ARCH_HELP
 
 
 def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
