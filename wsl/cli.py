@@ -35,6 +35,16 @@ def _example_inputs(shape: str | None) -> Any:
     return (torch.zeros(dims),)
 
 
+def check_output(path: str, suffixes: tuple[str, ...], hint: str) -> None:
+    """Refuse an output path before any work is done: a wrong suffix (``hint`` says what to use) or a missing
+    parent directory."""
+    if not path.endswith(suffixes):
+        raise SystemExit(f"wsl: -o {path}: {hint}")
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        raise SystemExit(f"wsl: -o {path}: directory {parent!r} does not exist")
+
+
 def _load_any(path: str, arch: str | None, shape: str | None, allow_pickle: bool, check_finite: bool = True):
     from .graph import to_graph
     from .graph.arch import build_arch
@@ -171,10 +181,7 @@ def cmd_merge(a: argparse.Namespace) -> int:
     from .merge import merge
 
     out = a.output
-    if not out.endswith((".safetensors", ".pt", ".pth")):
-        raise SystemExit(f"wsl: -o {out}: the merged checkpoint must end in .safetensors, .pt or .pth")
-    if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
-        raise SystemExit(f"wsl: -o {out}: directory {os.path.dirname(out)!r} does not exist")
+    check_output(out, (".safetensors", ".pt", ".pth"), "the merged checkpoint must end in .safetensors, .pt or .pth")
     if len(a.checkpoints) < 2:
         raise SystemExit("wsl: merge needs at least two checkpoints")
     weights = [float(w) for w in a.weights.split(",")] if a.weights else None

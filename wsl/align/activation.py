@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import ParamGraph, SymmetryElement, from_graph, to_graph
-from .canonical import canonical_scales, compose
+from .canonical import canonicalize, compose
 from .weight_matching import Matcher, _lap
 
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
@@ -101,14 +101,14 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, data: Any, *, gr
             example = first[0] if isinstance(first, (tuple, list)) else first
         graph_a = graph_a if graph_a is not None else to_graph(model_a, example_inputs=example)
         graph_b = graph_b if graph_b is not None else to_graph(model_b, example_inputs=example, spec=graph_a.spec)
-    fa, fb = (canonical_scales(graph_a), canonical_scales(graph_b)) if scales else (None, None)
     graph_b_in = graph_b
-    if fa is not None:  # match canonical copies: sign flips would otherwise turn correlations negative
-        graph_a = graph_a.apply_symmetry(SymmetryElement(torch.arange(fa.numel()), fa))
-        model_a = from_graph(graph_a, model_a)
-    if fb is not None:
-        graph_b = graph_b.apply_symmetry(SymmetryElement(torch.arange(fb.numel()), fb))
-        model_b = from_graph(graph_b, model_b)
+    if scales:  # match canonical copies: sign flips would otherwise turn correlations negative
+        fa, graph_a = canonicalize(graph_a)
+        fb, graph_b = canonicalize(graph_b)
+        model_a = from_graph(graph_a, model_a) if fa is not None else model_a
+        model_b = from_graph(graph_b, model_b) if fb is not None else model_b
+    else:
+        fa = fb = None
     acts_a, acts_b = capture(model_a, graph_a, data), capture(model_b, graph_b, data)
     set_of = {s.start: s for s in graph_a.spec.sets}
     corr = {k: _standardize(acts_a[k]).T @ _standardize(acts_b[k]) / acts_a[k].shape[0]

@@ -141,7 +141,7 @@ def verify_symmetries(
         localize: on failure, try each class and scale set alone and report the ones that break.
         max_units: at most this many classes are tried when localizing.
     """
-    from .convert import to_graph
+    from .convert import from_graph, to_graph
     from .trace import default_inputs
 
     if graph is not None and randomize:
@@ -164,8 +164,6 @@ def verify_symmetries(
     tol = tol if tol is not None else (1e-6 if dtype == torch.float64 else 1e-3)
 
     def change(el: SymmetryElement) -> float:
-        from .convert import from_graph
-
         return _max_diff(ref, model_outputs(from_graph(graph.apply_symmetry(el), net), x)) / norm
 
     result = SymmetryCheck(True, tol, scale, sym.num_free_classes(), len(spec.scale_sets()))

@@ -14,7 +14,6 @@ every tensor as predicted / not predicted (with the reason) / buffer handling.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 import warnings
 
@@ -78,12 +77,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if not a.arch:
         raise ValueError(f"wsl predict needs --arch ({ARCH_HELP})")
     if a.output:  # checked before the work, so a typo does not cost a prediction
-        parent = os.path.dirname(a.output)
-        if not a.output.endswith(".safetensors"):
-            raise SystemExit(f"wsl: -o {a.output}: the predicted state_dict is written as safetensors; name the "
-                             "file *.safetensors")
-        if parent and not os.path.isdir(parent):
-            raise SystemExit(f"wsl: -o {a.output}: directory {parent!r} does not exist")
+        from ..cli import check_output
+
+        check_output(a.output, (".safetensors",),
+                     "the predicted state_dict is written as safetensors; name the file *.safetensors")
     model = build_arch(a.arch)
     inputs = None
     if a.input_shape:

@@ -28,15 +28,11 @@ def assert_roundtrip(graph: ParamGraph, reference: Mapping[str, Tensor]) -> None
             raise AssertionError(f"{k}: {bad} elements differ after the round trip")
 
 
-def _outputs(model: nn.Module, inputs: Any) -> list[Tensor]:
-    return model_outputs(model, inputs)
-
-
 def max_output_diff(a: nn.Module, b: nn.Module, inputs: Any) -> float:
     """Largest absolute difference between the floating outputs of two models (both put in eval mode)."""
     a.eval()
     b.eval()
-    oa, ob = _outputs(a, inputs), _outputs(b, inputs)
+    oa, ob = model_outputs(a, inputs), model_outputs(b, inputs)
     if len(oa) != len(ob):
         raise AssertionError("models return different numbers of outputs")
     return max(((x - y).abs().max().item() for x, y in zip(oa, ob)), default=0.0)
@@ -110,7 +106,7 @@ def randomize_(
             m.momentum = None  # cumulative average over the calibration pass
             m.train()
         try:
-            _outputs(model, calibrate)
+            model_outputs(model, calibrate)
         finally:
             for m, mom in saved.items():
                 m.momentum = mom
