@@ -146,3 +146,30 @@ def test_models_learn_a_weight_space_task(cls):
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
+
+
+def test_io_readout_reads_only_the_input_and_output_neurons_by_position():
+    from wsl.nn.readout import IOPool
+
+    torch.manual_seed(0)
+    graphs = mixed_graphs(0)
+    ctx = GraphContext.from_batch(Batch.from_data_list(graphs))
+    pool = IOPool(8, 3, torch.nn.SiLU).eval()
+    h = torch.randn(ctx.num_nodes, 8)
+    ref = pool(h, ctx)
+    assert ref.shape == (len(graphs), 3)
+    hidden = (ctx.io == 0).nonzero().squeeze(1)
+    moved = h.clone()
+    moved[hidden] = torch.randn(hidden.numel(), 8)
+    assert torch.equal(pool(moved, ctx), ref)  # hidden neurons are not read
+    # two input neurons of graph 0 swapping states is not a symmetry: the readout knows which is which
+    first = ((ctx.io == 1) & (ctx.node_batch == 0)).nonzero().squeeze(1)[:2]
+    swapped = h.clone()
+    swapped[first] = h[first.flip(0)]
+    out = pool(swapped, ctx)
+    assert float((out[0] - ref[0]).abs().max()) > 1e-4
+    assert torch.equal(out[1:], ref[1:])  # graphs do not interact
+    with pytest.raises(ValueError, match="readout must be one of"):
+        GMN(out_dim=2, readout="neurons")
+    with pytest.raises(ValueError, match="readout='nodes\\+edges' is not available"):
+        ScaleGMN(out_dim=2, readout="nodes+edges")

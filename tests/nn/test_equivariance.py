@@ -31,9 +31,15 @@ MODELS = {
     "transformer": lambda: RelationalTransformer(out_dim=3, hidden_dim=16, num_layers=3),
     "transformer_2hop": lambda: RelationalTransformer(out_dim=3, hidden_dim=16, num_layers=2, hops=2),
     "scalegmn": lambda: ScaleGMN(out_dim=3, hidden_dim=16, num_layers=3),
+    "scalegmn_io_readout": lambda: ScaleGMN(out_dim=3, hidden_dim=16, num_layers=3, readout="io"),
+    "gmn_io_readout": lambda: GMN(out_dim=3, hidden_dim=16, num_layers=3, readout="io", value_encoding="fourier"),
     "scalegmn_forward": lambda: ScaleGMN(out_dim=3, hidden_dim=16, num_layers=3, bidirectional=False),
 }
 TOL = 1e-4
+# Graphs of mixed_graphs() the inconsistency check runs on. An I/O readout sees a wrong permutation only through
+# what message passing carries to the I/O neurons; in the CNN (GMN: also the transformer) that is below float32
+# rounding at initialization, so those are left out for it.
+INCONSISTENT = {"gmn_io_readout": (0,), "scalegmn_io_readout": (0, 4)}
 
 
 def _model(name: str):
@@ -92,9 +98,13 @@ def test_inconsistent_permutation_changes_output(name, graphs):
     with torch.no_grad():
         ref = model(Batch.from_data_list(graphs))
         noise = (model(Batch.from_data_list(moved)) - ref).abs().amax(dim=1)  # float rounding under a symmetry
-        for i in (0, 3, 4):  # an MLP, the residual CNN, the transformer
+        for i in INCONSISTENT.get(name, (0, 3, 4)):  # an MLP, the residual CNN, the transformer
             bad = list(graphs)
-            bad[i] = inconsistent_graph(graphs[i], gen)
+            # an I/O readout sees an inconsistency next to the inputs only at second order (the moved
+            # (bias, incoming weights) pairs stay matched as the input neurons see them), below float32
+            # rounding at initialization; one next to the outputs mismatches what the output neurons read
+            which = "last" if "io_readout" in name else "first"
+            bad[i] = inconsistent_graph(graphs[i], gen, which=which)
             out = model(Batch.from_data_list(bad))
             change = float((out[i] - ref[i]).abs().max())
             assert change > 100 * float(noise[i]) + 1e-6 * (1 + float(ref[i].abs().max())), (name, i, change)
@@ -102,7 +112,7 @@ def test_inconsistent_permutation_changes_output(name, graphs):
             assert _close(out[others], ref[others], 1e-6)  # graphs in a batch do not interact
 
 
-@pytest.mark.parametrize("name", ["scalegmn", "scalegmn_forward"])
+@pytest.mark.parametrize("name", ["scalegmn", "scalegmn_forward", "scalegmn_io_readout"])
 def test_scalegmn_scale_and_sign_symmetries(name, graphs):
     model = _model(name)
     elements, moved = _transform(graphs, seed=5, scale=True)

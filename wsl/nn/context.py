@@ -50,6 +50,8 @@ class GraphContext:
     out_count: Tensor  # [N] float, edges out of each node
     node_count: Tensor  # [G] float, nodes per graph
     specs: list = field(default_factory=list)
+    io: Tensor | None = None  # [N] long: 0 hidden, 1 input, 2 output neuron
+    io_index: Tensor | None = None  # [N] long: index among the inputs / outputs (-1 elsewhere)
     _extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -64,7 +66,9 @@ class GraphContext:
             g = int(batch.num_graphs)
         return cls(src=src, dst=dst, node_batch=nb, edge_batch=nb[src], num_nodes=n, num_graphs=g,
                    in_count=count(dst, n, dtype), out_count=count(src, n, dtype),
-                   node_count=count(nb, g, dtype), specs=specs_of(batch))
+                   node_count=count(nb, g, dtype), specs=specs_of(batch),
+                   io=batch.io.long() if getattr(batch, "io", None) is not None else None,
+                   io_index=batch.io_index.long() if getattr(batch, "io_index", None) is not None else None)
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()``, computed once per batch: layers share index tensors derived from the batch (hop

@@ -41,6 +41,40 @@ class GraphPool(nn.Module):
         return self.mlp(torch.cat(pooled, dim=-1))
 
 
+class IOPool(nn.Module):
+    """Invariant readout from the network's own input and output neurons, which no symmetry moves (the
+    convention of ScaleGMN's reference code, which reads only those neurons): each I/O node's state with an
+    embedding of where it sits (input or output, its index there) goes through an MLP, inputs and outputs are
+    averaged separately per graph, and a second MLP maps ``[mean over inputs, mean over outputs]`` to
+    ``out_dim``. The per-position embedding lets the averages keep which neuron said what, so for one
+    architecture this is as expressive as concatenating the I/O states. Hidden neurons are read only through
+    what message passing carried to the I/O neurons.
+
+    Invariance needs the I/O node states to be invariant themselves: true for permutation-equivariant
+    metanetworks (I/O neurons are never permuted) and for ScaleGMN (I/O neurons have no scale / sign factor).
+    """
+
+    def __init__(self, dim: int, out_dim: int, act: type[nn.Module], pos_dim: int = 16) -> None:
+        super().__init__()
+        self.pos_dim = pos_dim
+        self.side = nn.Embedding(2, dim)
+        self.pos = nn.Linear(pos_dim, dim, bias=False)
+        self.node = nn.Sequential(nn.Linear(dim, dim), act(), nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), act(), nn.Linear(dim, out_dim))
+
+    def forward(self, h: Tensor, ctx: GraphContext, e: Tensor | None = None) -> Tensor:
+        from .encoders import sinusoidal
+
+        if ctx.io is None:
+            raise ValueError("IOPool needs the batch's io / io_index (build graphs with wsl.to_graph)")
+        sel = (ctx.io > 0).nonzero().squeeze(1)
+        side = ctx.io[sel] - 1  # 0 input, 1 output
+        z = self.node(h[sel] + self.side(side) + self.pos(sinusoidal(ctx.io_index[sel].clamp(min=0), self.pos_dim)))
+        key = ctx.node_batch[sel] * 2 + side
+        pooled = scatter(z, key, 2 * ctx.num_graphs, "mean")
+        return self.mlp(pooled.reshape(ctx.num_graphs, -1))
+
+
 def _graph_slices(batch) -> list[tuple[int, int, int, int]]:
     """``(node_start, node_stop, edge_start, edge_stop)`` per graph of a batch (one entry for a single graph)."""
     if getattr(batch, "ptr", None) is None:

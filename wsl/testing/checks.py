@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import ParamGraph, SymmetryElement, from_graph
+from ..graph.builder import ConversionError
 from ..graph.verify import model_outputs
 
 
@@ -43,17 +44,22 @@ def symmetry_output_diff(model: nn.Module, graph: ParamGraph, element: SymmetryE
     return max_output_diff(model, from_graph(graph.apply_symmetry(element), model), inputs)
 
 
-def inconsistent_graph(graph: ParamGraph, generator: torch.Generator | None = None) -> ParamGraph:
+def inconsistent_graph(graph: ParamGraph, generator: torch.Generator | None = None, *,
+                       which: str = "first") -> ParamGraph:
     """``graph`` with one free neuron set's *incoming* weights permuted but its outgoing ones left alone.
 
     This is the classic wrong permutation (rows of one layer moved without the columns of the next): it
-    is not a symmetry, so the network's outputs must change.
+    is not a symmetry, so the network's outputs must change. ``which`` picks the first free set in node
+    order (next to the inputs) or the ``"last"`` one (next to the outputs).
     """
+    if which not in ("first", "last"):
+        raise ValueError(f"which must be 'first' or 'last', got {which!r}")
     spec = graph.spec
     sym = spec.symmetry
     starts, sizes = sym.cell_start.tolist(), sym.cell_size.tolist()
     src = graph.edge_index[0]
-    for c, root in enumerate(sym.cell_class.tolist()):
+    order = list(enumerate(sym.cell_class.tolist()))
+    for c, root in (order if which == "first" else reversed(order)):
         if sym.class_fixed.get(root, False) or sizes[c] < 2:
             continue
         s = starts[c]
@@ -64,9 +70,13 @@ def inconsistent_graph(graph: ParamGraph, generator: torch.Generator | None = No
             local = torch.roll(local, 1)
         perm = torch.arange(spec.num_nodes)
         perm[s : s + sizes[c]] = s + local
+        try:
+            gather = spec.edge_gather(perm, src_perm=torch.arange(spec.num_nodes))
+        except ConversionError:
+            continue  # a set whose incoming edges do not permute alone (tied to another set's layout)
         new = graph.clone_structure()
         new.x = graph.x[perm]
-        new.edge_attr = graph.edge_attr[spec.edge_gather(perm, src_perm=torch.arange(spec.num_nodes))]
+        new.edge_attr = graph.edge_attr[gather]
         return new
     raise ValueError("graph has no free permutation class to build an inconsistent permutation from")
 

@@ -11,10 +11,10 @@ from ...graph.paramgraph import ParamGraph
 from ..context import GraphContext, as_batch
 from ..conv.common import activation, norm_kind
 from ..encoders import GraphEncoder
-from ..readout import GraphPool, MetaOutput
+from ..readout import GraphPool, IOPool, MetaOutput
 
 OUTPUTS = ("graph", "node", "edge", "all")
-READOUTS = ("nodes", "nodes+edges")
+READOUTS = ("nodes", "nodes+edges", "io")
 
 
 class MetaNetwork(nn.Module):
@@ -43,7 +43,8 @@ class MetaNetwork(nn.Module):
         self.value_encoding, self.readout_kind = value_encoding, readout
         self.encoder = self.make_encoder(num_freqs)
         self.layers = nn.ModuleList([self.make_layer(i) for i in range(num_layers)])
-        self.readout = GraphPool(hidden_dim, out_dim, self.act, edges=readout == "nodes+edges")
+        self.readout = (IOPool(hidden_dim, out_dim, self.act) if readout == "io"
+                        else GraphPool(hidden_dim, out_dim, self.act, edges=readout == "nodes+edges"))
         self.node_head = nn.Linear(hidden_dim, node_out_dim)
         self.edge_head = nn.Linear(hidden_dim, edge_out_dim)
 

@@ -4,6 +4,7 @@ networks it reads (Kalogeropoulos et al., 2024)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...graph.builder import NODE_COL
@@ -70,6 +71,9 @@ class ScaleGMN(MetaNetwork):
         return ScaleEquivariantConv(self.hidden_dim, self.act, bidirectional=self.bidirectional)
 
     def __init__(self, out_dim: int = 1, **kwargs) -> None:
+        if kwargs.get("readout") == "nodes+edges":
+            raise ValueError("ScaleGMN reads the nodes (readout='nodes') or the I/O neurons (readout='io'); its "
+                             "edge states scale with the weights, so readout='nodes+edges' is not available")
         super().__init__(out_dim, **kwargs)
         d = self.hidden_dim
         self.rho_out = ScaleInvariant(d, d, self.act)
@@ -83,8 +87,10 @@ class ScaleGMN(MetaNetwork):
         h, e, node_ctx, edge_ctx = self.encoder(batch, node_kind, edge_kind)
         for layer in self.layers:
             h, e = layer(h, e, ctx, node_ctx, edge_ctx, node_kind, edge_kind)
+            if self.dropout > 0:  # an elementwise 0 / (1 - p) mask commutes with the per-neuron factors
+                h = F.dropout(h, self.dropout, self.training)
         ctx._extra["invariant_nodes"] = self.rho_out(h, node_kind) + node_ctx
         return h, e
 
-    def graph_readout(self, h: Tensor, ctx: GraphContext) -> Tensor:
+    def graph_readout(self, h: Tensor, ctx: GraphContext, e: Tensor | None = None) -> Tensor:
         return self.readout(ctx._extra["invariant_nodes"], ctx)
