@@ -245,3 +245,27 @@ def test_batchnorm_gmn_is_invariant_in_training_mode(graphs):
     el = _transform(graphs, seed=2, scale=False)[0][0]
     m = g.edge_attr.shape[0]
     assert _close(out.edge[:m], ref.edge[:m][g.spec.edge_gather(el.perm)])
+
+
+def test_scalegmn_mixed_activations_edge_kinds():
+    """A ReLU layer feeding a tanh layer: the weights between them scale by any nonzero real (edge kind 3:
+    normalized and symmetrized); those between two tanh / sin neurons by ±1 only (kind 2: symmetrized, the
+    magnitude kept). The invariant output stays unchanged either way."""
+    import wsl
+    from wsl.nn.conv.scale import edge_scale_kind
+
+    kind = torch.tensor([0, 1, 2])
+    src, dst = torch.arange(3).repeat_interleave(3), torch.arange(3).repeat(3)
+    assert edge_scale_kind(kind, src, dst).tolist() == [0, 1, 2, 1, 1, 3, 2, 3, 2]
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))
+    g = wsl.to_graph(net, example_inputs=torch.randn(4, 3))
+    node_kind = g.spec.symmetry.scale_kind.long()
+    assert set(edge_scale_kind(node_kind, *g.edge_index).tolist()) == {1, 2, 3}
+    model = _model("scalegmn")
+    with torch.no_grad():
+        ref = model(g)
+        for seed in range(3):
+            el = g.spec.sample_symmetry(torch.Generator().manual_seed(seed), scale=True)
+            assert el.scale is not None and bool((el.scale < 0).any()) and bool((el.scale > 1.01).any())
+            assert _close(model(g.apply_symmetry(el)), ref)

@@ -167,8 +167,9 @@ class _RefInvariant(nn.Module):
 
     def forward(self, v: Tensor, kind: Tensor) -> Tensor:
         norm = torch.sqrt((v * v).sum(-1, keepdim=True) + self.eps)
-        z = self.lin(torch.where(kind[:, None] > 0, v / norm, v))
-        return torch.relu(z + self.bias) + (kind == 2)[:, None].to(z.dtype) * torch.relu(self.bias - z)
+        # kinds 1 (s > 0) and 3 (any s != 0) normalize; 2 (s = ±1) and 3 symmetrize
+        z = self.lin(torch.where((kind[:, None] == 1) | (kind[:, None] == 3), v / norm, v))
+        return torch.relu(z + self.bias) + (kind >= 2)[:, None].to(z.dtype) * torch.relu(self.bias - z)
 
 
 class _ReferenceScaleConv(nn.Module):

@@ -3,7 +3,8 @@
 Besides permutations, networks with positively homogeneous activations (ReLU family) are invariant to
 ``W_in -> s W_in, b -> s b, W_out -> W_out / s`` per hidden neuron (``s > 0``), and networks with odd
 activations (tanh, sin) to the same with ``s = ±1``. The spec records per neuron which kind applies
-(``spec.symmetry.scale_kind``: 0 none, 1 positive scale, 2 sign flip). These layers keep
+(``spec.symmetry.scale_kind``: 0 none, 1 positive scale, 2 sign flip; an edge's factor ``s_i / s_j`` can
+also be any nonzero real, kind 3, between a scaled and a sign-flipped neuron). These layers keep
 
 * node states ``h_i`` that transform as ``h_i -> s_i h_i`` (every channel times the neuron's factor),
 * edge states ``e_ji`` (edge ``j -> i``) that transform as ``e_ji -> (s_i / s_j) e_ji``,
@@ -25,9 +26,11 @@ from ..context import GraphContext
 
 def edge_scale_kind(node_kind: Tensor, src: Tensor, dst: Tensor) -> Tensor:
     """Kind of the factor ``s_dst / s_src`` of each edge: 0 when both ends are unscaled, 1 when only
-    positive factors are involved, 2 (any nonzero real) as soon as a sign flip is."""
+    positive factors are involved, 2 when only sign flips are (the factor is ±1), 3 (any nonzero real) when
+    one end is scaled and the other sign-flipped."""
     a, b = node_kind[src], node_kind[dst]
-    return torch.where((a == 2) | (b == 2), 2, torch.maximum(a, b))
+    sign = (a == 2) | (b == 2)
+    return torch.where(sign, torch.where((a == 1) | (b == 1), 3, 2), torch.maximum(a, b))
 
 
 def _gate(z: Tensor) -> Tensor:
@@ -45,10 +48,11 @@ def _half_gate(a: Tensor, x: Tensor, y: Tensor, src: Tensor, dst: Tensor) -> Ten
 class ScaleInvariant(nn.Module):
     """``rho(v)``: a feature of ``v`` invariant to ``v -> s v`` for the kind of ``s``.
 
-    kind 0 (no symmetry): ``act(W v + b)``; kind 1 (``s > 0``): ``act(W v/|v| + b)``; kind 2 (any nonzero
-    ``s``, including sign flips): ``act(W v/|v| + b) + act(-W v/|v| + b)`` (symmetrized).
-    ``|v|`` is ``sqrt(|v|^2 + eps)``. ``W (v / |v|)`` is computed as ``(W v) / |v|`` (the linear map has no
-    bias), so no normalized copy of ``v`` is materialized.
+    kind 0 (no symmetry): ``act(W v + b)``; kind 1 (``s > 0``): ``act(W v/|v| + b)``; kind 2 (``s = ±1``):
+    ``act(W v + b) + act(-W v + b)`` (symmetrized; the magnitude of ``v`` is invariant and kept, as in the
+    reference ScaleGMN's ``rho(x) + rho(-x)``); kind 3 (any nonzero ``s``): both, ``act(W v/|v| + b) +
+    act(-W v/|v| + b)``. ``|v|`` is ``sqrt(|v|^2 + eps)``. ``W (v / |v|)`` is computed as ``(W v) / |v|``
+    (the linear map has no bias), so no normalized copy of ``v`` is materialized.
 
     Shapes: ``v`` ``[M, in_dim]``, ``kind`` ``[M]`` -> ``[M, out_dim]``.
     """
@@ -62,9 +66,9 @@ class ScaleInvariant(nn.Module):
 
     def forward(self, v: Tensor, kind: Tensor) -> Tensor:
         sumsq = torch.linalg.vector_norm(v, dim=-1, keepdim=True).square()
-        inv = torch.where(kind[:, None] > 0, torch.rsqrt(sumsq + self.eps), 1.0)
+        inv = torch.where(((kind == 1) | (kind == 3))[:, None], torch.rsqrt(sumsq + self.eps), 1.0)
         z = self.lin(v) * inv
-        return torch.addcmul(self.act(z + self.bias), (kind == 2)[:, None].to(z.dtype), self.act(self.bias - z))
+        return torch.addcmul(self.act(z + self.bias), (kind >= 2)[:, None].to(z.dtype), self.act(self.bias - z))
 
 
 class ScaleEquivariantConv(nn.Module):
