@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 import wsl
 from wsl.align import weight_distance, weight_matching
-from wsl.merge import loss_barrier, merge, reset_bn
+from wsl.merging import loss_barrier, merge, reset_bn
 
 
 def cnn(width: int, bn: bool) -> nn.Module:

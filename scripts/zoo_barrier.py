@@ -34,7 +34,7 @@ from wsl.data.generate.digits_cnn import (
     digits_split,
     generate_digits_cnn,
 )
-from wsl.merge import loss_barrier, merge, reset_bn
+from wsl.merging import loss_barrier, merge, reset_bn
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -17,6 +22,7 @@ def tiny() -> nn.Module:
 
 
 ARCH = "module:tests.test_cli:tiny"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_convert_then_inspect(tmp_path, capsys) -> None:
@@ -151,3 +157,19 @@ def test_one_finiteness_policy_for_state_dicts_files_and_the_cli(tmp_path, capsy
     assert "--allow-non-finite" in capsys.readouterr().err and not out.exists()
     assert main(["convert", str(ckpt), "--arch", ARCH, "--input-shape", "1,3,8,8", "-o", str(out),
                  "--allow-non-finite"]) == 0
+
+
+def test_help_and_import_stay_light():
+    """`import wsl` and `wsl --help` import neither torch nor torch-geometric (help in well under a second);
+    the public names still resolve, `wsl.merge` stays the function even after `wsl.merging` is imported."""
+    code = ("import sys, wsl, wsl.cli, wsl.hyper; wsl.cli.build_parser(); "
+            "heavy = [m for m in ('torch', 'torch_geometric', 'hydra') if m in sys.modules]; "
+            "assert not heavy, heavy; "
+            "import wsl.merging; assert callable(wsl.merge) and wsl.merge is wsl.merging.merge; "
+            "assert wsl.to_graph.__module__ == 'wsl.graph.convert'; "
+            "assert wsl.hyper.GHN2.__name__ == 'GHN2' and 'verify_symmetries' in dir(wsl); "
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        wsl.no_such_name  # noqa: B018

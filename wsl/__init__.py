@@ -15,22 +15,37 @@ Public API::
     aug = wsl.augment.Compose([wsl.augment.RandomPermutation(), wsl.augment.GaussianNoise(0.01)])
 """
 
-from . import align, augment
-from .graph import (
-    ConversionError,
-    NetworkSpec,
-    ParamGraph,
-    SymmetryElement,
-    from_graph,
-    load_graph,
-    save_graph,
-    to_graph,
-    trace,
-    verify_symmetries,
-)
-from .hyper import predict_parameters
-from .io import CheckpointError, check_state_dict, load_checkpoint
-from .merge import interpolate, loss_barrier, merge
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
+
+_EXPORTS = {
+    "align": ".align", "augment": ".augment",
+    **dict.fromkeys(["ConversionError", "NetworkSpec", "ParamGraph", "SymmetryElement", "from_graph", "load_graph",
+                     "save_graph", "to_graph", "trace", "verify_symmetries"], ".graph"),
+    "predict_parameters": ".hyper",
+    **dict.fromkeys(["CheckpointError", "check_state_dict", "load_checkpoint"], ".io"),
+    **dict.fromkeys(["interpolate", "loss_barrier", "merge"], ".merging"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+
+if TYPE_CHECKING:  # what the lazy exports resolve to, for type checkers and IDEs
+    from . import align, augment
+    from .graph import (
+        ConversionError,
+        NetworkSpec,
+        ParamGraph,
+        SymmetryElement,
+        from_graph,
+        load_graph,
+        save_graph,
+        to_graph,
+        trace,
+        verify_symmetries,
+    )
+    from .hyper import predict_parameters
+    from .io import CheckpointError, check_state_dict, load_checkpoint
+    from .merging import interpolate, loss_barrier, merge
 
 __version__ = "0.1.0"
 

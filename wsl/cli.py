@@ -23,12 +23,13 @@ import sys
 import time
 from typing import Any
 
-import torch
 
-from .graph.arch import ARCH_HELP
+from .arch import ARCH_HELP
 
 
 def _example_inputs(shape: str | None) -> Any:
+    import torch
+
     if not shape:
         return None
     dims = tuple(int(s) for s in shape.replace("x", ",").split(",") if s)
@@ -46,8 +47,8 @@ def check_output(path: str, suffixes: tuple[str, ...], hint: str) -> None:
 
 
 def _load_any(path: str, arch: str | None, shape: str | None, allow_pickle: bool, check_finite: bool = True):
+    from .arch import build_arch
     from .graph import to_graph
-    from .graph.arch import build_arch
     from .graph.serialize import GraphFileError, load_graph
 
     try:
@@ -69,8 +70,8 @@ def _load_any(path: str, arch: str | None, shape: str | None, allow_pickle: bool
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
+    from .arch import build_arch
     from .graph import to_graph
-    from .graph.arch import build_arch
     from .graph.serialize import save_graph
 
     module = build_arch(a.arch)
@@ -130,8 +131,8 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         plot_graph(graph, a.plot)
         print(f"plot written to {a.plot}")
     if a.verify:
+        from .arch import build_arch
         from .graph import from_graph, verify_symmetries
-        from .graph.arch import build_arch
 
         model = from_graph(graph, build_arch(a.arch))
         report = verify_symmetries(model, _example_inputs(a.input_shape), trials=a.verify)
@@ -142,8 +143,10 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     """Convert a torchvision model, check the round trip and a random symmetry, save and inspect it."""
+    import torch
+
+    from .arch import build_arch
     from .graph import from_graph, to_graph
-    from .graph.arch import build_arch
     from .graph.serialize import load_graph, save_graph
 
     torch.manual_seed(0)
@@ -176,9 +179,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_merge(a: argparse.Namespace) -> int:
     """Merge checkpoints of one architecture into one (average / aligned / MergeMany)."""
+    import torch
+
+    from .arch import build_arch
     from .graph import to_graph
-    from .graph.arch import build_arch
-    from .merge import merge
+    from .merging import merge
 
     out = a.output
     check_output(out, (".safetensors", ".pt", ".pth"), "the merged checkpoint must end in .safetensors, .pt or .pth")
@@ -208,7 +213,7 @@ def cmd_merge(a: argparse.Namespace) -> int:
           f"{time.perf_counter() - t0:.2f}s -> {out}")
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
         print("note: BatchNorm running statistics were averaged, which is not the statistics of the merged "
-              "network; recompute them on data with wsl.merge.reset_bn(model, batches)")
+              "network; recompute them on data with wsl.merging.reset_bn(model, batches)")
     return 0
 
 

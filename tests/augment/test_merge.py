@@ -8,7 +8,7 @@ from torch import nn
 
 import wsl
 from wsl.align import weight_distance
-from wsl.merge import average_graphs, interpolate, loss_barrier, merge, reset_bn
+from wsl.merging import average_graphs, interpolate, loss_barrier, merge, reset_bn
 from wsl.testing.checks import max_output_diff
 
 from .nets import THREE, build
@@ -115,7 +115,7 @@ def test_uniform_soup_is_the_average() -> None:
 
 
 def test_greedy_soup_keeps_helpful_ingredients_and_drops_the_wrecked_one() -> None:
-    from wsl.merge import greedy_soup
+    from wsl.merging import greedy_soup
 
     _, ings, data, target = _finetunes(4)
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 from torch import nn
 
-from wsl.graph.arch import build_arch
+from wsl.arch import build_arch
 
 
 def test_constructor_keywords_reach_the_constructor() -> None:

@@ -212,7 +212,7 @@ def _resolve_state(obj: Any, arch: Any, *, allow_pickle: bool = False,
                    check_finite: bool = True) -> tuple[dict[str, Tensor], nn.Module, str]:
     from ..io import check_state_dict, load_checkpoint
     from ..io.checkpoint import _check_finite
-    from .arch import build_arch
+    from ..arch import build_arch
 
     if isinstance(arch, str):
         arch = build_arch(arch)

@@ -10,25 +10,43 @@
     hyper = MIPHypernetwork(1, target=externalize(net))                 # MIP: constant-norm in, theta0 + delta out
 """
 
-from .api import (
-    PredictionReport,
-    calibrate_norm_stats,
-    load_hypernet,
-    predict_parameters,
-)
-from .compgraph import OP_TYPES, CompGraph, comp_graph
-from .decoders import LowRankDecoder, TiledDecoder
-from .external import ExternalParams, externalize
-from .ghn import GHN2, GHN3, GraphHyperNetwork
-from .hub import HypernetError, from_pretrained, packaged
-from .mip import (
-    ConstantNormEncoding,
-    MIPHypernetwork,
-    ResidualHead,
-    constant_norm_encode,
-    residual,
-)
-from .sampler import ArchConfig, sample_architectures
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    **dict.fromkeys(["PredictionReport", "calibrate_norm_stats", "load_hypernet", "predict_parameters"], ".api"),
+    **dict.fromkeys(["OP_TYPES", "CompGraph", "comp_graph"], ".compgraph"),
+    **dict.fromkeys(["LowRankDecoder", "TiledDecoder"], ".decoders"),
+    **dict.fromkeys(["ExternalParams", "externalize"], ".external"),
+    **dict.fromkeys(["GHN2", "GHN3", "GraphHyperNetwork"], ".ghn"),
+    **dict.fromkeys(["HypernetError", "from_pretrained", "packaged"], ".hub"),
+    **dict.fromkeys(["ConstantNormEncoding", "MIPHypernetwork", "ResidualHead", "constant_norm_encode", "residual"],
+                    ".mip"),
+    **dict.fromkeys(["ArchConfig", "sample_architectures"], ".sampler"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+
+if TYPE_CHECKING:  # what the lazy exports resolve to, for type checkers and IDEs
+    from .api import (
+        PredictionReport,
+        calibrate_norm_stats,
+        load_hypernet,
+        predict_parameters,
+    )
+    from .compgraph import OP_TYPES, CompGraph, comp_graph
+    from .decoders import LowRankDecoder, TiledDecoder
+    from .external import ExternalParams, externalize
+    from .ghn import GHN2, GHN3, GraphHyperNetwork
+    from .hub import HypernetError, from_pretrained, packaged
+    from .mip import (
+        ConstantNormEncoding,
+        MIPHypernetwork,
+        ResidualHead,
+        constant_norm_encode,
+        residual,
+    )
+    from .sampler import ArchConfig, sample_architectures
 
 __all__ = [
     "GHN2",

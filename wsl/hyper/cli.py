@@ -17,9 +17,8 @@ import argparse
 import time
 import warnings
 
-import torch
 
-from ..graph.arch import ARCH_HELP
+from ..arch import ARCH_HELP
 
 
 def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -65,7 +64,9 @@ def cmd_convert_hypernet(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from ..graph.arch import build_arch
+    import torch
+
+    from ..arch import build_arch
     from .api import predict_parameters
     from .hub import from_pretrained, packaged
 

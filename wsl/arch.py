@@ -18,9 +18,10 @@ import ast
 import importlib
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported when an architecture is built, not for the CLI's help text
+    from torch import nn
 
 ARCH_HELP = ("architecture: torchvision:NAME | timm:NAME | hf:CONFIG_JSON_OR_DIR | module:pkg.mod:fn, optionally with "
              "constructor keywords: torchvision:resnet18(num_classes=10)")
@@ -42,6 +43,8 @@ def _split_kwargs(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def build_arch(spec: str) -> nn.Module:
+    from torch import nn
+
     spec, kwargs = _split_kwargs(spec.strip())
     kind, _, name = spec.partition(":")
     if not name:
