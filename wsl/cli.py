@@ -292,6 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConversionError, FileNotFoundError, ValueError) as e:
         print(f"wsl: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001  user code (a model's forward, a module: constructor) or a bad file
+        if os.environ.get("WSL_DEBUG"):
+            raise
+        lines = str(e).strip().splitlines()
+        cause = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+        print(f"wsl: error: {cause} (set WSL_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

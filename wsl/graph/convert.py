@@ -21,10 +21,11 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from . import contract, ops, rules  # noqa: F401  (importing them registers op handlers and per-family rules)
 from .builder import NODE_FEATURES, ConversionError
+from .inputs import as_inputs
 from .labels import Act
 from .paramgraph import ParamGraph
 from .spec import NetworkSpec, finish
-from .trace import Tracer, default_inputs
+from .trace import Tracer
 
 _SPEC_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Any, NetworkSpec]] = weakref.WeakKeyDictionary()
 
@@ -35,16 +36,6 @@ def _layout_key(state: Mapping[str, Tensor], inputs: Any) -> tuple:
     return shapes, ins
 
 
-def _as_inputs(example_inputs: Any, module: nn.Module) -> tuple[tuple, dict]:
-    if example_inputs is None:
-        example_inputs = default_inputs(module)
-    if isinstance(example_inputs, Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, Mapping):
-        return (), dict(example_inputs)
-    return tuple(example_inputs), {}
-
-
 def trace(module: nn.Module, example_inputs: Any = None, *, cache: bool = True) -> NetworkSpec:
     """Trace ``module`` (in eval mode) and return its :class:`NetworkSpec`.
 
@@ -53,7 +44,7 @@ def trace(module: nn.Module, example_inputs: Any = None, *, cache: bool = True) 
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"trace() needs an nn.Module, got {type(module).__name__}")
-    args, kwargs = _as_inputs(example_inputs, module)
+    args, kwargs = as_inputs(example_inputs, module)
     state = module.state_dict(keep_vars=True)
     key = _layout_key(state, (args, kwargs))
     if cache and key in _SPEC_CACHE.get(module, {}):

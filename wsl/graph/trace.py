@@ -226,30 +226,3 @@ _INPLACE_NONE = {"__setitem__", "copy_", "fill_", "zero_", "masked_fill_", "inde
 
 # ops whose rule also has to see buffers (running statistics) even without a learnable parameter
 _BUFFER_RULES = {"batch_norm", "instance_norm"}
-
-
-def default_inputs(module: nn.Module) -> tuple:
-    """A plausible example input, guessed from the first parametric layer and the module's config."""
-    cfg = getattr(module, "config", None)
-    if cfg is not None and hasattr(cfg, "model_type"):
-        main = getattr(module, "main_input_name", "input_ids")
-        if main == "pixel_values":
-            size = getattr(cfg, "image_size", 224)
-            size = size if isinstance(size, int) else size[0]
-            return (torch.zeros(1, getattr(cfg, "num_channels", 3), size, size),)
-        return (torch.zeros(1, 8, dtype=torch.long),)
-    for m in module.modules():
-        if isinstance(m, nn.Embedding):
-            return (torch.zeros(1, 8, dtype=torch.long),)
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            nd = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(m)] if type(m) in (
-                nn.Conv1d, nn.Conv2d, nn.Conv3d) else len(m.kernel_size)
-            size = {1: 256, 2: 224, 3: 16}[nd]
-            return (torch.zeros((1, m.in_channels) + (size,) * nd),)
-        if isinstance(m, nn.Linear):
-            return (torch.zeros(1, m.in_features),)
-        if isinstance(m, nn.MultiheadAttention):
-            return (torch.zeros(1, 4, m.embed_dim),)
-    raise ConversionError(
-        f"cannot guess an example input for {type(module).__name__}: pass example_inputs=(tensor, ...)"
-    )

@@ -142,7 +142,7 @@ def verify_symmetries(
         max_units: at most this many classes are tried when localizing.
     """
     from .convert import from_graph, to_graph
-    from .trace import default_inputs
+    from .inputs import default_inputs
 
     if graph is not None and randomize:
         raise ValueError("verify_symmetries: randomize=True changes the weights, so a precomputed graph= cannot be "

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..graph.convert import _as_inputs
+from ..graph.inputs import as_inputs
 from .checks import output_warnings, scope_warnings
 from .ghn import GraphHyperNetwork, _example_inputs, graph_of
 from .hub import from_pretrained
@@ -170,7 +170,7 @@ def _check(model: nn.Module, hn: GraphHyperNetwork, example_inputs: Any, report:
            resets: int) -> None:
     inputs = _example_inputs(model, example_inputs)
     try:
-        args, kwargs = _as_inputs(inputs, model)
+        args, kwargs = as_inputs(inputs, model)
     except Exception:  # noqa: BLE001 - no guess for this model: the shape the hypernetwork was trained on
         args, kwargs = ((torch.zeros(hn.input_shape),), {}) if hn.input_shape else ((), {})
     sd, cfg = model.state_dict(), hn.config

@@ -37,7 +37,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from ..graph.convert import _as_inputs, trace_state
+from ..graph.convert import trace_state
+from ..graph.inputs import as_inputs
 from ..graph.trace import Tracer, func_name
 
 OP_TYPES: tuple[str, ...] = (
@@ -313,7 +314,7 @@ def comp_graph(module: nn.Module, example_inputs: Any = None) -> CompGraph:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"comp_graph() needs an nn.Module, got {type(module).__name__}")
-    args, kwargs = _as_inputs(example_inputs, module)
+    args, kwargs = as_inputs(example_inputs, module)
     modes = {m: m.training for m in module.modules()}
     module.eval()
     try:

@@ -268,7 +268,7 @@ def resolve_path(p: str, bases: Sequence[Path]) -> Path:
 
 
 class _ImageInput:
-    """The HF-style ``config`` that ``wsl.graph.trace.default_inputs`` reads to guess an image input."""
+    """The HF-style ``config`` that ``wsl.graph.inputs.default_inputs`` reads to guess an image input."""
 
     model_type = "wsl-zoo"
 
