@@ -5,7 +5,7 @@ softmax over a node's incoming edges, per-graph pooling) goes through :func:`sca
 :func:`segment_softmax`. Two backends implement them:
 
 * ``"native"``: torch's own ``index_add_`` / ``scatter_reduce_`` (always available, CPU and CUDA);
-* ``"torch_scatter"``: the ``torch-scatter`` extension (``pip install "wsl[scatter]"``), used for the
+* ``"torch_scatter"``: the ``torch-scatter`` extension (``pip install "weightspace[scatter]"``), used for the
   min / max / std reductions where its fused kernels help; sums and means stay on ``index_add_``, which is
   as fast and deterministic on CPU.
 
@@ -66,7 +66,7 @@ def set_backend(name: str) -> None:
         raise ValueError(f"unknown scatter backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "torch_scatter" and _load_torch_scatter() is None:
         raise ImportError('scatter backend "torch_scatter" requested but torch-scatter does not import; '
-                          'install it with `pip install --no-build-isolation torch-scatter` (or "wsl[scatter]") '
+                          'install it with `pip install --no-build-isolation torch-scatter` (or "weightspace[scatter]") '
                           'or use the "native" backend')
     _requested = name
 
