@@ -63,17 +63,25 @@ def test_inspect_checkpoint_without_arch_says_what_to_do(tmp_path, capsys) -> No
         raise AssertionError("expected an error asking for --arch")
 
 
-def test_plot_refuses_big_graphs(tmp_path) -> None:
-    from wsl.graph.plot import plot_graph
+def test_plot_draws_a_summary_of_big_graphs(tmp_path, monkeypatch) -> None:
+    """Above MAX_NODES / MAX_EDGES one marker per neuron set and one line per connected pair of sets."""
+    import matplotlib.axes
 
-    big = nn.Sequential(nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 200))
+    from wsl.graph import plot
+
+    big = nn.Sequential(nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 3))
     graph = wsl.to_graph(big, example_inputs=torch.randn(2, 200))
-    try:
-        plot_graph(graph, tmp_path / "x.png")
-    except ValueError as e:
-        assert "smaller" in str(e)
-    else:  # pragma: no cover
-        raise AssertionError("expected a size error")
+    assert graph.edge_index.shape[1] > plot.MAX_EDGES
+    drawn = []
+    real = matplotlib.axes.Axes.scatter
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", lambda ax, x, y, **kw: drawn.append(len(x)) or real(ax, x, y, **kw))
+    plot.plot_graph(graph, tmp_path / "x.png")
+    assert (tmp_path / "x.png").stat().st_size > 1000
+    assert sum(drawn) == len(graph.spec.sets) == 4  # input, two hidden layers, output: not 603 neurons
+    small = wsl.to_graph(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), example_inputs=torch.randn(2, 3))
+    drawn.clear()
+    plot.plot_graph(small, tmp_path / "y.png")
+    assert sum(drawn) == small.num_nodes  # small networks: every neuron
 
 
 def test_convert_errors_exit_2(tmp_path, capsys) -> None:
@@ -93,6 +101,7 @@ def test_demo_runs(tmp_path, capsys) -> None:
     text = capsys.readouterr().out
     assert "round trip bit-exact: True" in text
     assert out.exists() and png.exists()
+    assert f"({out.stat().st_size / 1e6:.1f} MB" in text  # the file's size is announced
 
 
 def test_inspect_of_a_text_file_or_directory_explains_instead_of_crashing(tmp_path) -> None:

@@ -164,7 +164,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(a.output) or ".", exist_ok=True)
     save_graph(graph, a.output)
     print(format_table(load_graph(a.output)))
-    print(f"\nconverted {a.arch} in {t1 - t0:.2f}s; graph saved to {a.output}")
+    size = os.path.getsize(a.output) / 1e6
+    print(f"\nconverted {a.arch} in {t1 - t0:.2f}s; graph saved to {a.output} ({size:.1f} MB; -o chooses where)")
     print(f"round trip bit-exact: {exact}")
     print(f"random symmetry element moved {moved:,} of {graph.spec.num_nodes:,} neurons; "
           f"max output change {diff:.2e}")
@@ -242,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="convert + inspect + symmetry check on a torchvision model")
     d.add_argument("--arch", default="torchvision:resnet18")
     d.add_argument("--size", type=int, default=64, help="input image size")
-    d.add_argument("-o", "--output", default="outputs/demo_graph.safetensors")
+    d.add_argument("-o", "--output", default="outputs/demo_graph.safetensors",
+                   help="where the graph file goes (resnet18: about 300 MB)")
     d.add_argument("--plot", default="outputs/demo_graph.png")
     d.set_defaults(func=cmd_demo)
     mg = sub.add_parser("merge", help="merge checkpoints of one architecture (averaging, weight-matching alignment)")

@@ -30,7 +30,11 @@ def demo_network() -> nn.Module:
 
 
 def plot_graph(graph: ParamGraph, path: str | os.PathLike[str], *, title: str | None = None) -> None:
-    """Draw ``graph`` to a PNG: neurons in columns by depth, edges coloured by weight sign and magnitude."""
+    """Draw ``graph`` to a PNG: neurons in columns by depth, edges coloured by weight sign and magnitude.
+
+    A network above ``MAX_NODES`` neurons or ``MAX_EDGES`` weights is drawn as a summary instead: one marker
+    per neuron set (a layer's outputs, a norm, a residual sum, ...; area by its size), one line per pair of
+    connected sets (width by the number of weights, shade by their mean magnitude)."""
     try:
         import matplotlib
 
@@ -41,10 +45,8 @@ def plot_graph(graph: ParamGraph, path: str | os.PathLike[str], *, title: str | 
         raise ImportError("plotting needs matplotlib: pip install 'wsl[plot]'") from e
     n, e = graph.num_nodes, graph.edge_index.shape[1]
     if n > MAX_NODES or e > MAX_EDGES:
-        raise ValueError(
-            f"graph has {n:,} nodes and {e:,} edges; --plot draws networks up to {MAX_NODES:,} nodes and "
-            f"{MAX_EDGES:,} edges (try a smaller architecture)"
-        )
+        _plot_summary(graph, path, title, plt, LineCollection)
+        return
     layer = graph.node_layer.float()
     y = torch.zeros(n)
     for lay in torch.unique(graph.node_layer).tolist():
@@ -77,3 +79,43 @@ def plot_graph(graph: ParamGraph, path: str | os.PathLike[str], *, title: str | 
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
+
+
+def _plot_summary(graph: ParamGraph, path, title, plt, LineCollection) -> None:
+    sets = graph.spec.sets
+    starts = torch.tensor([s.start for s in sets])
+    sizes = torch.tensor([s.size for s in sets], dtype=torch.float32)
+    depth = graph.node_layer[starts].float()
+    y = torch.zeros(len(sets))
+    for lay in torch.unique(depth).tolist():
+        idx = torch.nonzero(depth == lay).flatten()
+        y[idx] = torch.linspace(-1, 1, idx.numel()) if idx.numel() > 1 else torch.zeros(1)
+    src, dst = graph.edge_index
+    a = torch.searchsorted(starts, src, right=True) - 1  # the set each edge leaves / enters
+    b = torch.searchsorted(starts, dst, right=True) - 1
+    k = len(sets)
+    uniq, inv = torch.unique(a * k + b, return_inverse=True)
+    count = torch.zeros(uniq.numel()).index_add_(0, inv, torch.ones(inv.numel()))
+    mag = torch.zeros(uniq.numel()).index_add_(0, inv, graph.edge_attr[:, 0].float().abs()) / count
+    sa, sb = uniq // k, uniq % k
+    segs = torch.stack([torch.stack([depth[sa], y[sa]], 1), torch.stack([depth[sb], y[sb]], 1)], 1).numpy()
+    shade = (mag / (mag.max() + 1e-12)).tolist()
+    width = (0.3 + torch.log10(count)).tolist()
+    fig, ax = plt.subplots(figsize=(min(40, max(8, 0.25 * float(depth.max() + 1))), 6))
+    ax.add_collection(LineCollection(segs, colors=[(0.2, 0.2, 0.2, 0.2 + 0.7 * m) for m in shade], linewidths=width))
+    cmap = plt.get_cmap("tab10")
+    kinds = [NODE_TYPES.index(s.kind) if s.kind in NODE_TYPES else 0 for s in sets]
+    for t in sorted(set(kinds)):
+        m = torch.tensor([kk == t for kk in kinds])
+        ax.scatter(depth[m].numpy(), y[m].numpy(), s=(6 * torch.log2(sizes[m] + 1)).numpy(), color=cmap(t % 10),
+                   label=NODE_TYPES[t], zorder=3)
+    ax.set_xlabel("depth (node_layer)")
+    ax.set_yticks([])
+    ax.set_title(title or f"{graph.spec.arch}: summary of {graph.num_nodes:,} neurons in {k:,} sets, "
+                          f"{graph.edge_index.shape[1]:,} weights")
+    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    ax.autoscale()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
