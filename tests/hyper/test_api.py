@@ -180,3 +180,18 @@ def test_torchvision_shapes_fast(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in _torchvision_names() if n not in FAST_TORCHVISION])
 def test_torchvision_shapes_all(name: str) -> None:
     _check_torchvision(name)
+
+
+def test_report_groups_tensors_that_share_a_reason() -> None:
+    from wsl.hyper.api import PredictionReport
+
+    report = PredictionReport(model="Net", hypernet="ghn")
+    report.not_predicted = {f"block{i}.scale": "op 'mul' unknown to the hypernetwork; value kept" for i in range(60)}
+    report.not_predicted["head.bias"] = "never used in the forward pass; value kept"
+    text = str(report)
+    lines = text.splitlines()
+    assert lines[0].startswith("Net: 0 tensors predicted by ghn, 61 not predicted")
+    assert "  block0.scale, block1.scale, block2.scale and 57 more: op 'mul' unknown to the hypernetwork; value kept" in lines
+    assert "  head.bias: never used in the forward pass; value kept" in lines
+    assert text.count("unknown to the hypernetwork") == 1 and len(lines) == 4
+    assert len(report.to_dict()["not_predicted"]) == 61  # the full list stays in the report file

@@ -75,8 +75,21 @@ class PredictionReport:
         for title, d in (("not predicted", self.not_predicted), ("buffers", self.buffers)):
             if d:
                 lines.append(f"{title}:")
-                lines += [f"  {k}: {v}" for k, v in d.items()]
+                lines += _grouped(d)
         return "\n".join(lines)
+
+
+def _grouped(d: dict[str, str], show: int = 3) -> list[str]:
+    """``name: reason`` lines with tensors sharing a reason on one line (``a, b, c and 57 more: reason``),
+    most frequent reason first; the full list stays in ``to_dict()`` / ``--report``."""
+    by_reason: dict[str, list[str]] = {}
+    for k, v in d.items():
+        by_reason.setdefault(v, []).append(k)
+    out = []
+    for reason, names in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        head = ", ".join(names[:show]) + (f" and {len(names) - show} more" if len(names) > show else "")
+        out.append(f"  {head}: {reason}")
+    return out
 
 
 @functools.lru_cache(maxsize=4)
