@@ -1,4 +1,4 @@
-"""Tests for :mod:`wsl.io.checkpoint` (loading and validating checkpoints)."""
+"""Tests for :mod:`wsl.io.checkpoint` (loading) and :mod:`wsl.io.validate` (validating checkpoints)."""
 
 from __future__ import annotations
 

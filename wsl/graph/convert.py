@@ -202,7 +202,7 @@ def _edge_pieces(spec: NetworkSpec) -> list[str | Tensor]:
 def _resolve_state(obj: Any, arch: Any, *, allow_pickle: bool = False,
                    check_finite: bool = True) -> tuple[dict[str, Tensor], nn.Module, str]:
     from ..io import check_state_dict, load_checkpoint
-    from ..io.checkpoint import _check_finite
+    from ..io.validate import _check_finite
     from ..arch import build_arch
 
     if isinstance(arch, str):
