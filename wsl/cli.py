@@ -8,6 +8,7 @@
     wsl inspect CKPT --arch timm:resnet18 --verify                # check the derived symmetries numerically
     wsl demo                                                      # convert + inspect + symmetry check
     wsl merge a.safetensors b.safetensors --arch ARCH -o merged.safetensors   # aligned average
+    wsl merge a.safetensors b.safetensors --arch A --arch B --method ot_fusion -o fused.safetensors
     wsl train [HYDRA OVERRIDES]                                   # train a metanetwork (configs/, Hydra)
     wsl train-ghn [HYDRA OVERRIDES]                               # train a graph hypernetwork (configs/ghn.yaml)
     wsl predict --arch torchvision:resnet18 --input-shape 1,3,64,64 -o pred.safetensors --report report.json
@@ -179,7 +180,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_merge(a: argparse.Namespace) -> int:
-    """Merge checkpoints of one architecture into one (average / aligned / MergeMany)."""
+    """Merge checkpoints of one architecture into one (average / aligned / MergeMany / OT fusion, which also
+    fuses checkpoints of one family with different hidden widths: one ``--arch`` per checkpoint)."""
     import torch
 
     from .arch import build_arch
@@ -193,16 +195,28 @@ def cmd_merge(a: argparse.Namespace) -> int:
     weights = [float(w) for w in a.weights.split(",")] if a.weights else None
     if weights is not None and len(weights) != len(a.checkpoints):
         raise SystemExit(f"wsl: --weights has {len(weights)} values for {len(a.checkpoints)} checkpoints")
-    module = build_arch(a.arch)
+    archs = a.arch if len(a.arch) > 1 else a.arch * len(a.checkpoints)
+    if len(archs) != len(a.checkpoints):
+        raise SystemExit(f"wsl: give --arch once, or once per checkpoint ({len(a.checkpoints)}), "
+                         f"not {len(a.arch)} times")
+    if len(set(archs)) > 1 and a.method != "ot_fusion":
+        raise SystemExit("wsl: checkpoints of different architectures merge only with --method ot_fusion")
     example = _example_inputs(a.input_shape)
-    graphs, spec = [], None
-    for path in a.checkpoints:
-        g = to_graph(path, arch=module, example_inputs=example, spec=spec, allow_pickle=a.allow_pickle,
-                     check_finite=not a.allow_non_finite)
-        spec = spec or g.spec
+    graphs, modules, specs = [], {}, {}
+    for arch, path in zip(archs, a.checkpoints):
+        if arch not in modules:
+            modules[arch] = build_arch(arch)
+        g = to_graph(path, arch=modules[arch], example_inputs=example, spec=specs.get(arch),
+                     allow_pickle=a.allow_pickle, check_finite=not a.allow_non_finite)
+        specs.setdefault(arch, g.spec)
         graphs.append(g)
+    target = a.target if a.method == "ot_fusion" else 0
+    if not -len(graphs) <= target < len(graphs):
+        raise SystemExit(f"wsl: --target {target} is not an index into the {len(graphs)} checkpoints")
+    module, spec = modules[archs[target]], graphs[target].spec
+    opts = {"target": target, "solver": a.solver, "reg": a.reg, "masses": a.masses} if a.method == "ot_fusion" else {}
     t0 = time.perf_counter()
-    merged = merge(graphs, a.method, weights=weights, scales=not a.no_scales)
+    merged = merge(graphs, a.method, weights=weights, scales=not a.no_scales, **opts)
     state = merged.to_state_dict()
     if out.endswith(".safetensors"):
         from safetensors.torch import save_file
@@ -210,7 +224,8 @@ def cmd_merge(a: argparse.Namespace) -> int:
         save_file({k: v.contiguous() for k, v in state.items()}, out)
     else:
         torch.save(state, out)
-    print(f"merged {len(graphs)} checkpoints ({a.method}, {spec.num_parameters:,} parameters each) in "
+    each = "each" if len(set(archs)) == 1 else f"in the target, checkpoint {target % len(graphs)}"
+    print(f"merged {len(graphs)} checkpoints ({a.method}, {spec.num_parameters:,} parameters {each}) in "
           f"{time.perf_counter() - t0:.2f}s -> {out}")
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
         print("note: BatchNorm running statistics were averaged, which is not the statistics of the merged "
@@ -249,10 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     mg = sub.add_parser("merge", help="merge checkpoints of one architecture (averaging, weight-matching alignment)")
     mg.add_argument("checkpoints", nargs="+", help="two or more checkpoints (safetensors / .pt / .pth / HF dir)")
-    mg.add_argument("--arch", required=True, help=ARCH_HELP)
-    mg.add_argument("--method", default="aligned", choices=["average", "uniform_soup", "aligned", "aligned_iterative"],
+    mg.add_argument("--arch", required=True, action="append",
+                    help=ARCH_HELP + " (once, or once per checkpoint for --method ot_fusion of different widths)")
+    mg.add_argument("--method", default="aligned",
+                    choices=["average", "uniform_soup", "aligned", "aligned_iterative", "ot_fusion"],
                     help="aligned: weight-match all to the first, then average (default); aligned_iterative: "
-                         "MergeMany; average / uniform_soup: plain mean (greedy soups need a score: Python API)")
+                         "MergeMany; average / uniform_soup: plain mean; ot_fusion: optimal-transport fusion onto "
+                         "the --target checkpoint (widths may differ) (greedy soups need a score: Python API)")
+    mg.add_argument("--target", type=int, default=0, help="ot_fusion: index of the checkpoint fused onto (default 0)")
+    mg.add_argument("--solver", default="emd", choices=["emd", "sinkhorn"], help="ot_fusion: transport solver")
+    mg.add_argument("--reg", type=float, default=0.01, help="ot_fusion: Sinkhorn regularization (relative)")
+    mg.add_argument("--masses", default="uniform", choices=["uniform", "importance"],
+                    help="ot_fusion: neuron masses (importance: norm of incoming weights)")
     mg.add_argument("--weights", help="comma-separated averaging weights, one per checkpoint")
     mg.add_argument("--no-scales", action="store_true", help="align permutations only (no ReLU / tanh scale solve)")
     mg.add_argument("-o", "--output", required=True, help="merged checkpoint (.safetensors, .pt or .pth)")

@@ -5,6 +5,9 @@
 * ``merge(models, "aligned")`` — align every model to the first by weight matching, then average;
 * ``merge(models, "aligned_iterative")`` — Git Re-Basin's MergeMany: repeatedly align each model to the
   mean of the others until no permutation changes, then average;
+* ``merge(models, "ot_fusion")`` — OT fusion (Singh & Jaggi, NeurIPS 2020): transport every model's neurons
+  onto a target's by optimal transport (exact or Sinkhorn plans), then average; the models may differ in
+  hidden widths, the result has the target's (:mod:`wsl.align.ot_fusion`);
 * ``merge(models, "uniform_soup")`` (= ``"average"``) and ``merge(models, "greedy_soup", score=fn)`` — model
   soups (Wortsman et al., ICML 2022): the greedy soup adds ingredients in order of their own score and keeps
   each one only if the soup's score does not drop (:func:`greedy_soup` also returns which were kept);
@@ -35,7 +38,8 @@ from .align import weight_matching
 from .augment.base import param_index
 from .graph import ParamGraph, from_graph, to_graph
 
-METHODS = ("average", "uniform_soup", "aligned", "aligned_iterative", "greedy_soup")
+METHODS = ("average", "uniform_soup", "aligned", "aligned_iterative", "greedy_soup", "ot_fusion")
+_OT_DEFAULTS = {"target": 0, "cost": "weight", "solver": "emd", "reg": 0.01, "masses": "uniform"}
 
 
 def _graphs(items: Sequence[Any], example_inputs: Any = None) -> tuple[list[ParamGraph], nn.Module | None]:
@@ -77,13 +81,15 @@ def average_graphs(graphs: Sequence[ParamGraph], weights: Sequence[float] | None
 def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[float] | None = None,
           max_iter: int = 100, rounds: int = 20, generator: torch.Generator | None = None,
           example_inputs: Any = None, bn_data: Any = None, scales: bool = True,
-          score: Callable[[Any], float] | None = None) -> Any:
-    """Merge networks of one architecture into one.
+          score: Callable[[Any], float] | None = None, target: int = 0, cost: str = "weight",
+          solver: str = "emd", reg: float = 0.01, masses: str = "uniform", data: Any = None) -> Any:
+    """Merge networks of one architecture (for ``"ot_fusion"``: of one family) into one.
 
     Args:
         models: ``nn.Module``s or ParamGraphs (modules are converted with ``to_graph``).
         method: ``"average"`` / ``"uniform_soup"``, ``"aligned"`` (align all to the first),
-            ``"aligned_iterative"`` (MergeMany) or ``"greedy_soup"`` (needs ``score``).
+            ``"aligned_iterative"`` (MergeMany), ``"greedy_soup"`` (needs ``score``) or ``"ot_fusion"``
+            (optimal-transport fusion onto ``models[target]``, see :mod:`wsl.align.ot_fusion`).
         weights: averaging weights (default uniform; not used by the greedy soup).
         max_iter: weight-matching sweeps per alignment; ``rounds``: MergeMany rounds.
         generator: class visiting order of weight matching.
@@ -92,13 +98,27 @@ def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[f
         scales: aligned methods also solve ReLU scales / tanh-sin signs (see :func:`wsl.align.weight_matching`).
         score: for ``"greedy_soup"``: called with a candidate network (an ``nn.Module`` when given modules,
             else a ParamGraph) and returns a validation score, higher is better.
+        target: for ``"ot_fusion"``: the index of the model the others are transported onto; the result has
+            its architecture (its widths).
+        cost: for ``"ot_fusion"``: ``"weight"`` (incoming weights) or ``"activation"`` (activations on
+            ``data``, an input tensor / dict / iterable of batches; needs modules).
+        solver, reg: for ``"ot_fusion"``: ``"emd"`` (exact) or ``"sinkhorn"`` with entropic ``reg`` (relative
+            to the largest cost).
+        masses: for ``"ot_fusion"``: ``"uniform"`` or ``"importance"`` (norm of incoming weights).
+        data: for ``"ot_fusion"`` with ``cost="activation"``: example inputs.
 
     Returns:
-        An ``nn.Module`` (a copy of ``models[0]`` with the merged weights) when given modules, else a
-        ParamGraph.
+        An ``nn.Module`` (a copy of ``models[0]``, for ``"ot_fusion"`` of ``models[target]``, with the merged
+        weights) when given modules, else a ParamGraph.
     """
     if method not in METHODS:
         raise ValueError(f"merge: method must be one of {METHODS}, got {method!r}")
+    ot_opts = {"target": target, "cost": cost, "solver": solver, "reg": reg, "masses": masses, "data": data}
+    if method == "ot_fusion":
+        return _ot_merge(models, weights, example_inputs, bn_data, scales, ot_opts)
+    odd = [k for k, v in ot_opts.items() if k != "data" and v != _OT_DEFAULTS[k]] + ["data"] * (data is not None)
+    if odd:
+        raise ValueError(f"merge: {', '.join(odd)} apply only to method='ot_fusion' (method={method!r})")
     if method == "greedy_soup":
         if score is None:
             raise ValueError("merge: method='greedy_soup' needs score=<callable(network) -> float, higher is "
@@ -112,6 +132,40 @@ def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[f
         graphs = _merge_many(graphs, weights, max_iter, rounds, generator, scales)
     merged = average_graphs(graphs, weights)
     if template is None:
+        return merged
+    model = from_graph(merged, template)
+    if bn_data is not None:
+        reset_bn(model, bn_data)
+    return model
+
+
+def _ot_merge(models: Sequence[Any], weights: Sequence[float] | None, example_inputs: Any, bn_data: Any,
+              scales: bool, opts: dict[str, Any]) -> Any:
+    """``merge(..., "ot_fusion")``: every model converted on its own (widths may differ), fused onto the target."""
+    from .align.ot_fusion import ot_fusion
+
+    if not models:
+        raise ValueError("merge: need at least one model or graph")
+    data = opts.pop("data")
+    if example_inputs is None and isinstance(data, (Tensor, dict)):
+        example_inputs = data
+    graphs, specs = [], {}
+    for i, m in enumerate(models):
+        if isinstance(m, ParamGraph):
+            graphs.append(m)
+        elif isinstance(m, nn.Module):
+            key = (type(m), tuple((k, tuple(v.shape)) for k, v in m.state_dict().items()))
+            g = to_graph(m, example_inputs=example_inputs, spec=specs.get(key))
+            specs.setdefault(key, g.spec)
+            graphs.append(g)
+        else:
+            raise TypeError(f"merge: item {i} is a {type(m).__name__}; pass nn.Modules or ParamGraphs")
+    modules = list(models) if all(isinstance(m, nn.Module) for m in models) else None
+    if opts["cost"] == "activation" and (modules is None or data is None):
+        raise ValueError("merge: ot_fusion with cost='activation' needs nn.Modules and data=<example inputs>")
+    merged = ot_fusion(graphs, weights=weights, scales=scales, models=modules, data=data, **opts)
+    template = models[opts["target"]]
+    if not isinstance(template, nn.Module):
         return merged
     model = from_graph(merged, template)
     if bn_data is not None:
