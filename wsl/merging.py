@@ -8,6 +8,10 @@
 * ``merge(models, "ot_fusion")`` — OT fusion (Singh & Jaggi, NeurIPS 2020): transport every model's neurons
   onto a target's by optimal transport (exact or Sinkhorn plans), then average; the models may differ in
   hidden widths, the result has the target's (:mod:`wsl.align.ot_fusion`);
+* ``merge(models, "pleas", data=...)`` — PLeaS (Nasery et al., 2024): activation matching of the neurons, only
+  the best-matched pairs merged up to a width budget (``width=``; wider results need ``build=``), then every
+  layer solved by least squares so the merged network's features reproduce the models' average on ``data``
+  (``"synthetic"``: data-free, Gaussian inputs) (:mod:`wsl.align.pleas`);
 * ``merge(models, "uniform_soup")`` (= ``"average"``) and ``merge(models, "greedy_soup", score=fn)`` — model
   soups (Wortsman et al., ICML 2022): the greedy soup adds ingredients in order of their own score and keeps
   each one only if the soup's score does not drop (:func:`greedy_soup` also returns which were kept);
@@ -38,8 +42,9 @@ from .align import weight_matching
 from .augment.base import param_index
 from .graph import ParamGraph, from_graph, to_graph
 
-METHODS = ("average", "uniform_soup", "aligned", "aligned_iterative", "greedy_soup", "ot_fusion")
+METHODS = ("average", "uniform_soup", "aligned", "aligned_iterative", "greedy_soup", "ot_fusion", "pleas")
 _OT_DEFAULTS = {"target": 0, "cost": "weight", "solver": "emd", "reg": 0.01, "masses": "uniform"}
+_PLEAS_DEFAULTS = {"width": 1.0, "build": None, "ridge": 1e-4}
 
 
 def _graphs(items: Sequence[Any], example_inputs: Any = None) -> tuple[list[ParamGraph], nn.Module | None]:
@@ -82,14 +87,17 @@ def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[f
           max_iter: int = 100, rounds: int = 20, generator: torch.Generator | None = None,
           example_inputs: Any = None, bn_data: Any = None, scales: bool = True,
           score: Callable[[Any], float] | None = None, target: int = 0, cost: str = "weight",
-          solver: str = "emd", reg: float = 0.01, masses: str = "uniform", data: Any = None) -> Any:
+          solver: str = "emd", reg: float = 0.01, masses: str = "uniform", data: Any = None,
+          width: float | dict[str, int] = 1.0, build: Callable[[dict[str, int]], nn.Module] | None = None,
+          ridge: float = 1e-4) -> Any:
     """Merge networks of one architecture (for ``"ot_fusion"``: of one family) into one.
 
     Args:
         models: ``nn.Module``s or ParamGraphs (modules are converted with ``to_graph``).
         method: ``"average"`` / ``"uniform_soup"``, ``"aligned"`` (align all to the first),
             ``"aligned_iterative"`` (MergeMany), ``"greedy_soup"`` (needs ``score``) or ``"ot_fusion"``
-            (optimal-transport fusion onto ``models[target]``, see :mod:`wsl.align.ot_fusion`).
+            (optimal-transport fusion onto ``models[target]``, see :mod:`wsl.align.ot_fusion`) or ``"pleas"``
+            (partial matching + per-layer least squares on ``data``, see :mod:`wsl.align.pleas`; modules only).
         weights: averaging weights (default uniform; not used by the greedy soup).
         max_iter: weight-matching sweeps per alignment; ``rounds``: MergeMany rounds.
         generator: class visiting order of weight matching.
@@ -105,20 +113,37 @@ def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[f
         solver, reg: for ``"ot_fusion"``: ``"emd"`` (exact) or ``"sinkhorn"`` with entropic ``reg`` (relative
             to the largest cost).
         masses: for ``"ot_fusion"``: ``"uniform"`` or ``"importance"`` (norm of incoming weights).
-        data: for ``"ot_fusion"`` with ``cost="activation"``: example inputs.
+        data: for ``"ot_fusion"`` with ``cost="activation"``: example inputs; for ``"pleas"`` (required): inputs
+            (a tensor or an iterable of batches) or ``"synthetic"`` (Gaussian inputs of the example input shape).
+        width, build, ridge: for ``"pleas"``: the merged width per permutation class (a ratio in ``[1, 2]`` or
+            ``{set name: int}``), ``build(widths) -> nn.Module`` for widths above the models', and the
+            least-squares ridge term (see :func:`wsl.align.pleas.pleas`).
 
     Returns:
         An ``nn.Module`` (a copy of ``models[0]``, for ``"ot_fusion"`` of ``models[target]``, with the merged
-        weights) when given modules, else a ParamGraph.
+        weights; for ``"pleas"`` of a wider width ``build(widths)``) when given modules, else a ParamGraph.
     """
     if method not in METHODS:
         raise ValueError(f"merge: method must be one of {METHODS}, got {method!r}")
     ot_opts = {"target": target, "cost": cost, "solver": solver, "reg": reg, "masses": masses, "data": data}
+    pleas_opts = {"width": width, "build": build, "ridge": ridge}
+    odd_pleas = [k for k, v in pleas_opts.items() if v != _PLEAS_DEFAULTS[k]]
+    if odd_pleas and method != "pleas":
+        raise ValueError(f"merge: {', '.join(odd_pleas)} apply only to method='pleas' (method={method!r})")
+    odd = [k for k, v in ot_opts.items() if k != "data" and v != _OT_DEFAULTS[k]]
+    if odd and method != "ot_fusion":
+        raise ValueError(f"merge: {', '.join(odd)} apply only to method='ot_fusion' (method={method!r})")
     if method == "ot_fusion":
         return _ot_merge(models, weights, example_inputs, bn_data, scales, ot_opts)
-    odd = [k for k, v in ot_opts.items() if k != "data" and v != _OT_DEFAULTS[k]] + ["data"] * (data is not None)
-    if odd:
-        raise ValueError(f"merge: {', '.join(odd)} apply only to method='ot_fusion' (method={method!r})")
+    if method == "pleas":
+        from .align.pleas import pleas
+
+        if bn_data is not None:
+            raise ValueError("merge: method='pleas' recomputes BatchNorm statistics on data=; bn_data is not used")
+        return pleas(models, data, weights=weights, scales=scales, example_inputs=example_inputs,
+                     generator=generator, **pleas_opts).model
+    if data is not None:
+        raise ValueError(f"merge: data applies only to method='ot_fusion' or 'pleas' (method={method!r})")
     if method == "greedy_soup":
         if score is None:
             raise ValueError("merge: method='greedy_soup' needs score=<callable(network) -> float, higher is "
