@@ -567,3 +567,26 @@ def test_load_then_check_end_to_end(tmp_path: Path) -> None:
         check_state_dict(sd, wrong, source=str(path))
     msg = str(info.value)
     assert str(path) in msg and "0.weight: expected (5, 3), got (4, 3)" in msg
+
+
+def test_plain_pickle_dump_is_named_as_such(tmp_path: Path) -> None:
+    """A pickle.dump file (not torch.save) needs the full unpickler: reported as a plain pickle, with both the
+    API and the CLI opt-in named, then loaded when allowed; a truncated one is still reported as corrupt."""
+    import pickle
+
+    path = tmp_path / "weights.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"w": torch.arange(4.0)}, f, protocol=4)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    msg = str(info.value)
+    assert "plain pickle file (written by pickle.dump" in msg and "truncated" not in msg
+    assert "allow_pickle=True" in msg and "--allow-pickle" in msg
+    assert torch.equal(load_checkpoint(path, allow_pickle=True)["w"], torch.arange(4.0))
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(cut)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(legacy)["w"], torch.ones(2))  # torch.save's legacy format stays safe

@@ -28,6 +28,7 @@ import os
 import pickle
 import re
 import struct
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Union
@@ -252,15 +253,19 @@ def _read_torch(path: Path, allow_pickle: bool, map_location: MapLocation) -> An
         if not allow_pickle:
             found = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
             detail = f" (it references '{found.group(1)}')" if found else ""
+            what = ("is a plain pickle file (written by pickle.dump, not torch.save): reading it"
+                    if not zipfile.is_zipfile(path) else f"contains pickled Python objects{detail}, so loading it")
             raise CheckpointError(
-                f"Checkpoint '{path}' contains pickled Python objects{detail}, "
-                "so loading it needs arbitrary code execution, which is refused "
+                f"Checkpoint '{path}' {what} needs arbitrary code execution, which is refused "
                 "by default. If -- and only if -- you trust the source of this "
-                "file, pass allow_pickle=True to load it anyway; better, "
-                "re-save just the weights (torch.save(model.state_dict(), ...) "
+                "file, pass allow_pickle=True (wsl command line: --allow-pickle) to load it anyway; "
+                "better, re-save just the weights (torch.save(model.state_dict(), ...) "
                 "or safetensors)."
             ) from None
     try:
+        if not zipfile.is_zipfile(path) and _is_wellformed_pickle(path):
+            with open(path, "rb") as f:  # pickle.dump output: torch.load reads only torch.save's formats
+                return pickle.load(f)  # noqa: S301  the caller allowed code execution
         return torch.load(path, map_location=map_location, weights_only=False)
     except OSError as exc:
         raise CheckpointError(
@@ -270,7 +275,7 @@ def _read_torch(path: Path, allow_pickle: bool, map_location: MapLocation) -> An
     except Exception as exc:  # also ImportError/AttributeError for missing classes
         if isinstance(exc, (ImportError, AttributeError)):
             raise CheckpointError(
-                f"Checkpoint '{path}' was loaded with allow_pickle=True but "
+                f"Checkpoint '{path}' was loaded with allow_pickle=True (--allow-pickle) but "
                 f"refers to Python code that is not available here ({exc}). "
                 "Import the module that defines the pickled classes first, or "
                 "re-save the checkpoint as a plain state_dict."
@@ -286,9 +291,15 @@ def _is_wellformed_pickle(path: Path) -> bool:
     corrupt file.
     """
     import pickletools
-    import zipfile
 
     try:
+        if not zipfile.is_zipfile(path):  # one complete pickle stream: pickle.dump output
+            if _is_legacy_torch_save(path):  # several pickles and raw storage bytes: left to torch.load
+                return False
+            with open(path, "rb") as f:
+                for _ in pickletools.genops(f):
+                    pass
+                return f.read(1) == b""
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.endswith("data.pkl")]
             if len(names) != 1:
@@ -299,6 +310,12 @@ def _is_wellformed_pickle(path: Path) -> bool:
         return True
     except Exception:  # noqa: BLE001  anything unreadable is simply not a well-formed pickle
         return False
+
+
+def _is_legacy_torch_save(path: Path) -> bool:
+    """Whether a non-zip file starts like torch.save's legacy format: protocol 2, then the magic number."""
+    with open(path, "rb") as f:
+        return f.read(3) == b"\x80\x02\x8a"
 
 
 def _needs_code_execution(exc: BaseException) -> bool:
