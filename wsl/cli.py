@@ -9,6 +9,7 @@
     wsl demo                                                      # convert + inspect + symmetry check
     wsl merge a.safetensors b.safetensors --arch ARCH -o merged.safetensors   # aligned average
     wsl merge a.safetensors b.safetensors --arch A --arch B --method ot_fusion -o fused.safetensors
+    wsl merge a.safetensors b.safetensors --arch ARCH --input-shape 1,3,32,32 --method pleas -o p.pt  # data-free
     wsl train [HYDRA OVERRIDES]                                   # train a metanetwork (configs/, Hydra)
     wsl train-ghn [HYDRA OVERRIDES]                               # train a graph hypernetwork (configs/ghn.yaml)
     wsl predict --arch torchvision:resnet18 --input-shape 1,3,64,64 -o pred.safetensors --report report.json
@@ -215,9 +216,16 @@ def cmd_merge(a: argparse.Namespace) -> int:
         raise SystemExit(f"wsl: --target {target} is not an index into the {len(graphs)} checkpoints")
     module, spec = modules[archs[target]], graphs[target].spec
     opts = {"target": target, "solver": a.solver, "reg": a.reg, "masses": a.masses} if a.method == "ot_fusion" else {}
+    items: list[Any] = graphs
+    if a.method == "pleas":  # data-free: Gaussian inputs of the example input shape, full width
+        from .graph import from_graph
+
+        items = [from_graph(g, module) for g, module in zip(graphs, (modules[x] for x in archs))]
+        opts = {"data": "synthetic", "ridge": a.ridge, "example_inputs": example,
+                "generator": torch.Generator().manual_seed(0)}
     t0 = time.perf_counter()
-    merged = merge(graphs, a.method, weights=weights, scales=not a.no_scales, **opts)
-    state = merged.to_state_dict()
+    merged = merge(items, a.method, weights=weights, scales=not a.no_scales, **opts)
+    state = merged.state_dict() if a.method == "pleas" else merged.to_state_dict()
     if out.endswith(".safetensors"):
         from safetensors.torch import save_file
 
@@ -227,7 +235,7 @@ def cmd_merge(a: argparse.Namespace) -> int:
     each = "each" if len(set(archs)) == 1 else f"in the target, checkpoint {target % len(graphs)}"
     print(f"merged {len(graphs)} checkpoints ({a.method}, {spec.num_parameters:,} parameters {each}) in "
           f"{time.perf_counter() - t0:.2f}s -> {out}")
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+    if a.method != "pleas" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
         print("note: BatchNorm running statistics were averaged, which is not the statistics of the merged "
               "network; recompute them on data with wsl.merging.reset_bn(model, batches)")
     return 0
@@ -267,15 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--arch", required=True, action="append",
                     help=ARCH_HELP + " (once, or once per checkpoint for --method ot_fusion of different widths)")
     mg.add_argument("--method", default="aligned",
-                    choices=["average", "uniform_soup", "aligned", "aligned_iterative", "ot_fusion"],
+                    choices=["average", "uniform_soup", "aligned", "aligned_iterative", "ot_fusion", "pleas"],
                     help="aligned: weight-match all to the first, then average (default); aligned_iterative: "
                          "MergeMany; average / uniform_soup: plain mean; ot_fusion: optimal-transport fusion onto "
-                         "the --target checkpoint (widths may differ) (greedy soups need a score: Python API)")
+                         "the --target checkpoint (widths may differ); pleas: PLeaS, data-free (activation "
+                         "matching and per-layer least squares on Gaussian inputs of --input-shape, full width; "
+                         "real data and wider merges: Python API wsl.merge(..., method='pleas', data=, width=, "
+                         "build=)) (greedy soups need a score: Python API)")
     mg.add_argument("--target", type=int, default=0, help="ot_fusion: index of the checkpoint fused onto (default 0)")
     mg.add_argument("--solver", default="emd", choices=["emd", "sinkhorn"], help="ot_fusion: transport solver")
     mg.add_argument("--reg", type=float, default=0.01, help="ot_fusion: Sinkhorn regularization (relative)")
     mg.add_argument("--masses", default="uniform", choices=["uniform", "importance"],
                     help="ot_fusion: neuron masses (importance: norm of incoming weights)")
+    mg.add_argument("--ridge", type=float, default=1e-4, help="pleas: least-squares ridge (relative)")
     mg.add_argument("--weights", help="comma-separated averaging weights, one per checkpoint")
     mg.add_argument("--no-scales", action="store_true", help="align permutations only (no ReLU / tanh scale solve)")
     mg.add_argument("-o", "--output", required=True, help="merged checkpoint (.safetensors, .pt or .pth)")

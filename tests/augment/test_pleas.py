@@ -215,3 +215,26 @@ def test_bad_input_is_refused_with_what_to_do() -> None:
     with pytest.raises(ValueError, match="groups"):
         merge([Grouped(), Grouped()], method="pleas", data=_gauss(0, 8, 2, 6, 6))
 
+
+def mlp_arch() -> nn.Module:
+    return mlp()
+
+
+def test_cli_merge_pleas_is_data_free(tmp_path, capsys) -> None:
+    from safetensors.torch import save_file
+
+    from wsl.cli import main
+
+    a = mlp()
+    g = wsl.to_graph(a, example_inputs=_gauss(0, 2, 4))
+    b = g.apply_symmetry(g.spec.sample_symmetry(torch.Generator().manual_seed(0)))
+    save_file(g.to_state_dict(), str(tmp_path / "a.safetensors"))
+    save_file(b.to_state_dict(), str(tmp_path / "b.safetensors"))
+    out = tmp_path / "m.pt"
+    assert main(["merge", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--arch",
+                 "module:tests.augment.test_pleas:mlp_arch", "--input-shape", "2,4", "--method", "pleas",
+                 "--ridge", "0", "-o", str(out)]) == 0
+    assert "merged 2 checkpoints (pleas" in capsys.readouterr().out
+    merged = mlp()
+    merged.load_state_dict(torch.load(out, weights_only=True))
+    assert max_output_diff(a, merged, _gauss(1, 32, 4)) < 1e-4
