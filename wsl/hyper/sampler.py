@@ -24,12 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..activations import ACTIVATIONS
+
 IN_SHAPE = (1, 8, 8)
 NUM_CLASSES = 10
 FAMILIES = {"train": ("mlp", "cnn", "resnet", "vit"), "test": ("mlp", "cnn", "resnet", "vit"),
             "ood": ("densenet", "deep_resnet")}
 WIDTHS = (8, 12, 16, 24, 32, 48, 64)
-ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+ACTS = ("relu", "gelu", "silu", "tanh")  # sampled in this order (changing it changes every sampled architecture)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = [nn.Flatten()]
         prev = IN_SHAPE[0] * IN_SHAPE[1] * IN_SHAPE[2]
         for w in cfg.widths:
-            layers += [nn.Linear(prev, w), _norm(cfg.norm, w, 1), ACTS[cfg.act]()]
+            layers += [nn.Linear(prev, w), _norm(cfg.norm, w, 1), ACTIVATIONS[cfg.act]()]
             prev = w
         layers.append(nn.Linear(prev, NUM_CLASSES))
         super().__init__(*layers)
@@ -96,7 +98,7 @@ class CNN(nn.Module):
         prev = IN_SHAPE[0]
         for i, w in enumerate(cfg.widths):
             layers += [nn.Conv2d(prev, w, cfg.kernel, padding=cfg.kernel // 2, bias=cfg.norm != "bn"),
-                       _norm(cfg.norm, w, 2), ACTS[cfg.act]()]
+                       _norm(cfg.norm, w, 2), ACTIVATIONS[cfg.act]()]
             if i in cfg.pool:
                 layers.append(nn.MaxPool2d(2))
             prev = w
@@ -115,7 +117,7 @@ class Block(nn.Module):
         self.n1 = _norm(cfg.norm, cout, 2)
         self.conv2 = nn.Conv2d(cout, cout, k, padding=k // 2, bias=False)
         self.n2 = _norm(cfg.norm, cout, 2)
-        self.act = ACTS[cfg.act]()
+        self.act = ACTIVATIONS[cfg.act]()
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -128,7 +130,7 @@ class ResNet(nn.Module):
         super().__init__()
         w0 = cfg.widths[0]
         self.stem = nn.Sequential(nn.Conv2d(IN_SHAPE[0], w0, 3, padding=1, bias=False), _norm(cfg.norm, w0, 2),
-                                  ACTS[cfg.act]())
+                                  ACTIVATIONS[cfg.act]())
         blocks, prev = [], w0
         for w in cfg.widths[1:]:
             blocks.append(Block(prev, w, cfg))
@@ -148,7 +150,7 @@ class DenseNet(nn.Module):
         self.stem = nn.Conv2d(IN_SHAPE[0], cfg.widths[0], 3, padding=1)
         layers, total = [], cfg.widths[0]
         for w in cfg.widths[1:]:
-            layers.append(nn.Sequential(_norm(cfg.norm, total, 2), ACTS[cfg.act](),
+            layers.append(nn.Sequential(_norm(cfg.norm, total, 2), ACTIVATIONS[cfg.act](),
                                         nn.Conv2d(total, w, cfg.kernel, padding=cfg.kernel // 2)))
             total += w
         self.layers = nn.ModuleList(layers)
@@ -167,7 +169,7 @@ class EncoderLayer(nn.Module):
         self.ln1 = nn.LayerNorm(d)
         self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
         self.ln2 = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), ACTS[act](), nn.Linear(2 * d, d))
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), ACTIVATIONS[act](), nn.Linear(2 * d, d))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.ln1(x)
@@ -204,7 +206,7 @@ def _randint(lo: int, hi: int, g: torch.Generator) -> int:
 
 def sample_config(family: str, g: torch.Generator) -> ArchConfig:
     """One random configuration of ``family``."""
-    act = _choice(tuple(ACTS), g)
+    act = _choice(ACTS, g)
     if family == "mlp":
         return ArchConfig("mlp", tuple(_choice(WIDTHS, g) for _ in range(_randint(1, 4, g))),
                           kernel=1, norm=_choice(("none", "ln", "bn"), g), act=act)

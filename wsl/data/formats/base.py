@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...activations import ACTIVATIONS
 from ...graph.convert import graph_from_state, trace
 from ...graph.paramgraph import ParamGraph
 from ...io import CheckpointError, check_state_dict
@@ -286,19 +287,12 @@ def set_example_image(module: nn.Module, channels: int, size: int) -> nn.Module:
     return module
 
 
-_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "selu": nn.SELU, "elu": nn.ELU, "gelu": nn.GELU,
-    "silu": nn.SiLU, "swish": nn.SiLU, "softplus": nn.Softplus, "leakyrelu": nn.LeakyReLU, "leaky_relu": nn.LeakyReLU, "celu": nn.CELU,
-    "linear": nn.Identity, "none": nn.Identity, "identity": nn.Identity,
-}
-
-
 def activation(name: str, where: str = "") -> nn.Module:
     """The activation module named ``name`` (Keras / PyTorch spellings)."""
     key = str(name).strip().lower()
-    if key not in _ACTIVATIONS:
-        raise ZooFormatError(f"{where}unknown activation {name!r}; known: {sorted(_ACTIVATIONS)}")
-    return _ACTIVATIONS[key]()
+    if key not in ACTIVATIONS:
+        raise ZooFormatError(f"{where}unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[key]()
 
 
 def seeded_group_split(groups: Sequence[Any], fractions: Sequence[float], seed: int) -> dict[str, Tensor]:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+from ...activations import ACTIVATIONS as _MODULES
+
+ACTIVATIONS = ("relu", "gelu", "tanh", "silu")  # the activations a digits CNN offers
 NORMS = ("none", "batchnorm")
 
 
@@ -28,7 +30,7 @@ class ConvBlock(nn.Module):
             raise ValueError(f"a residual block needs equal in / out channels, got {cin} -> {cout}")
         self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=norm == "none")
         self.norm = nn.BatchNorm2d(cout) if norm == "batchnorm" else nn.Identity()
-        self.act = ACTIVATIONS[activation]()
+        self.act = _MODULES[activation]()
         self.residual = residual
 
     def forward(self, x: Tensor) -> Tensor:

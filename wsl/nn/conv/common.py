@@ -5,17 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ...activations import activation_class
 from ..scatter import gather
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
 def activation(name: str | type[nn.Module]) -> type[nn.Module]:
-    if isinstance(name, str):
-        if name not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
-        return ACTIVATIONS[name]
-    return name
+    """A metanetwork's activation: a name from :data:`wsl.activations.ACTIVATIONS` or a module class."""
+    return activation_class(name) if isinstance(name, str) else name
 
 
 NORMS = ("layer", "batch", "none")
