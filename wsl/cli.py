@@ -10,6 +10,7 @@
     wsl merge a.safetensors b.safetensors --arch ARCH -o merged.safetensors   # aligned average
     wsl merge a.safetensors b.safetensors --arch A --arch B --method ot_fusion -o fused.safetensors
     wsl merge a.safetensors b.safetensors --arch ARCH --input-shape 1,3,32,32 --method pleas -o p.pt  # data-free
+    wsl prune CKPT --arch ARCH --input-shape 1,3,32,32 --speedup 2 -o pruned.safetensors   # + pruned.json sidecar
     wsl train [HYDRA OVERRIDES]                                   # train a metanetwork (configs/, Hydra)
     wsl train-ghn [HYDRA OVERRIDES]                               # train a graph hypernetwork (configs/ghn.yaml)
     wsl predict --arch torchvision:resnet18 --input-shape 1,3,64,64 -o pred.safetensors --report report.json
@@ -296,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--allow-non-finite", action="store_true", help="convert checkpoints holding NaN / Inf")
     mg.set_defaults(func=cmd_merge)
     from .hyper.cli import add_convert_hypernet_parser, add_predict_parser
+    from .prune.cli import add_prune_parser
 
+    add_prune_parser(sub)
     add_predict_parser(sub)
     add_convert_hypernet_parser(sub)
     sub.add_parser("train", help="train a metanetwork (Hydra: `wsl train model=nggnn trainer.epochs=5`, "
