@@ -2,7 +2,7 @@
 
 from .loggers import CSVLogger, NullLogger, WandbLogger
 from .loop import evaluate, fit
-from .tasks import Classification, INREditing, Regression, kendall_tau
+from .tasks import Classification, INREditing, Pruning, Regression, kendall_tau
 
-__all__ = ["CSVLogger", "Classification", "INREditing", "NullLogger", "Regression", "WandbLogger", "evaluate", "fit",
-           "kendall_tau"]
+__all__ = ["CSVLogger", "Classification", "INREditing", "NullLogger", "Pruning", "Regression", "WandbLogger", "evaluate",
+           "fit", "kendall_tau"]

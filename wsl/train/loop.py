@@ -97,7 +97,9 @@ def fit(model: nn.Module, task: Task, data: Mapping[str, Dataset], *, out_dir: s
     ``distributed``: ``None`` joins a torchrun process group when ``WORLD_SIZE`` > 1 (``False`` never does).
     Under torchrun every rank must call ``fit`` with the same arguments; rank 0 writes files and logs.
     ``train_collate``: list of graphs -> batch for training batches (e.g. ``wsl.augment.PairwiseCollate``
-    for weight-space mixup); default ``Batch.from_data_list``.
+    for weight-space mixup); default ``Batch.from_data_list``. The task's ``prepare(model, data)`` runs before
+    the optimizer is built, its ``finalize(model, data, out_dir)`` after the test evaluation (rank 0), adding
+    to the test metrics.
 
     Returns ``{"test": metrics, "val": best validation metrics, "best_epoch", "epochs_run", "checkpoint",
     "plot", "seconds"}``.
@@ -111,6 +113,8 @@ def fit(model: nn.Module, task: Task, data: Mapping[str, Dataset], *, out_dir: s
         out.mkdir(parents=True, exist_ok=True)
     logger = (logger or NullLogger()) if d.main else NullLogger()
     progress = progress and d.main
+    if hasattr(task, "prepare"):  # e.g. Pruning: zero the output heads, index the zoo's architectures
+        task.prepare(model, data)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1)) if scheduler == "cosine" else None
@@ -185,6 +189,8 @@ def fit(model: nn.Module, task: Task, data: Mapping[str, Dataset], *, out_dir: s
         if d.main:
             _atomic_save(best_state, out / "best.pt")
     test = evaluate(model, task, data["test"], device=device)
+    if d.main and hasattr(task, "finalize"):  # task's own evaluation (Pruning: prune + fine-tune held-out nets)
+        test.update(task.finalize(model, data, out))
     logger.log({f"test_{k}": v for k, v in test.items()}, step=state["epoch"] + 1)
     logger.finish()
     best_val = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), {})

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,6 +42,14 @@ class Task:
 
     def metrics(self, preds: Tensor, targets: Tensor) -> dict[str, float]:
         raise NotImplementedError
+
+    def prepare(self, model: nn.Module, data: Mapping[str, Any]) -> None:
+        """Called by :func:`wsl.train.fit` before training starts (before the optimizer sees ``model``)."""
+
+    def finalize(self, model: nn.Module, data: Mapping[str, Any], out_dir: Path) -> dict[str, float]:
+        """Called by :func:`wsl.train.fit` after the test evaluation, with the best weights loaded; the metrics
+        returned join the test metrics (logged with a ``test_`` prefix)."""
+        return {}
 
 
 class Classification(Task):
@@ -138,3 +150,151 @@ class INREditing(Task):
 
     def metrics(self, preds, targets):
         return {"loss": float(preds.mean()), "baseline_loss": float(targets.mean())}
+
+
+class Pruning(Task):
+    """Meta pruning: train a metanetwork to rewrite networks so that group-L2 structured pruning hurts less.
+
+    The metanetwork (``model=``, any :mod:`wsl.nn` model with equivariant edge / node outputs) is wrapped in
+    a :class:`wsl.prune.MetaPruner` (residual, scale-aware rewrite; output heads zeroed before training). The
+    loss per network is :func:`wsl.prune.pruning_loss`: cross-entropy of the rewritten network on a batch of
+    ``data_batch`` examples of the data the zoo was trained on (through ``torch.func.functional_call``), plus
+    ``pruned_weight`` times the cross-entropy of the rewritten network with the channels removed that group-L2
+    pruning to ``speedup`` removes, plus ``lam`` times the group-lasso regularizer (relative to the unrewritten
+    network's; ``alpha > 1``: DepGraph's polarizing channel weights). ``pruned_weight=0`` is the plain
+    "task loss + lambda x group sparsity" objective. Validation metrics: loss, ``task_loss``, ``pruned_task_loss``,
+    ``group_norm`` (relative), and ``baseline_task_loss`` / ``baseline_pruned_task_loss`` (the unrewritten
+    networks, as they are and with the channels pruning removes zeroed); the best epoch is the lowest loss.
+
+    After training (:meth:`finalize`) the held-out *test* networks (the last checkpoint of each run, at most
+    ``eval_networks``) are pruned to each of ``eval_speedups`` (default ``[speedup]``) twice — as they are
+    (plain group-L2) and rewritten first (learned) — fine-tuned ``finetune_steps`` Adam steps with the same
+    minibatches, and scored on the zoo's held-out images; test metrics ``prune<S>x_plain``,
+    ``prune<S>x_learned``, ``prune<S>x_win_fraction`` (learned > plain) and ``prune<S>x_original``. The
+    pruner is saved to ``<run dir>/meta_pruner.safetensors`` for ``wsl prune --metanet``.
+
+    Needs a zoo of classifiers whose training data wsl knows: ``data=digits_cnn``.
+    """
+
+    monitor, mode = "loss", "min"
+
+    def __init__(self, lam: float = 0.5, alpha: float = 1.0, pruned_weight: float = 1.0, speedup: float = 2.0,
+                 delta_scale: float = 1.0, relative: bool = True, data_batch: int = 128,
+                 eval_speedups: Any = None, eval_networks: int | None = 32, finetune_steps: int = 50,
+                 finetune_lr: float = 1e-3, iterative_steps: int = 64, last_checkpoint_only: bool = True,
+                 seed: int = 0, metanet: Any = None) -> None:
+        self.lam, self.alpha, self.pruned_weight, self.speedup = lam, alpha, pruned_weight, float(speedup)
+        self.delta_scale, self.relative, self.data_batch = delta_scale, relative, data_batch
+        self.eval_speedups = [float(s) for s in (eval_speedups or [speedup])]
+        self.eval_networks, self.finetune_steps, self.finetune_lr = eval_networks, finetune_steps, finetune_lr
+        self.iterative_steps, self.last_checkpoint_only, self.seed = iterative_steps, last_checkpoint_only, seed
+        self.metanet = metanet  # the model config (configs/task/pruning.yaml: ${model}), to save the pruner
+        self._pruner = None
+
+    # ------------------------------------------------------------ setup
+    @staticmethod
+    def classifier_data(dataset: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x_train, y_train, x_test, y_test)`` the zoo's networks were trained / tested on."""
+        manifest = getattr(getattr(dataset, "source", None), "manifest", None) or {}
+        if manifest.get("kind") != "digits-cnn":
+            raise ValueError("task=pruning needs a zoo of classifiers whose training data wsl knows: data=digits_cnn "
+                             f"(got a zoo of kind {manifest.get('kind')!r}); in Python use wsl.prune.meta_train "
+                             "with your own data")
+        from ..data.generate.digits_cnn import digits_split
+
+        cfg = manifest["config"]
+        return digits_split(cfg["test_fraction"], cfg["split_seed"])
+
+    def prepare(self, model, data):
+        from ..prune import MetaPruner, NetworkIndex
+
+        self._pruner = MetaPruner(model, delta_scale=self.delta_scale, zero_init=True)
+        self.x_train, self.y_train, self.x_test, self.y_test = self.classifier_data(data["train"])
+        self.example = self.x_train[:1]
+        self.index = NetworkIndex.from_zoo([data[k] for k in ("train", "val", "test") if k in data], self.example)
+        self._gen = torch.Generator().manual_seed(self.seed)
+        fixed = torch.randperm(len(self.x_train), generator=torch.Generator().manual_seed(self.seed + 1))
+        self._eval_rows = fixed[: min(self.data_batch, len(fixed))]
+
+    def _wrapper(self, model):
+        from ..prune import MetaPruner
+
+        if self._pruner is None or self._pruner.metanet is not model:
+            self._pruner = MetaPruner(model, delta_scale=self.delta_scale, zero_init=False)
+        return self._pruner
+
+    # ------------------------------------------------------------ training
+    def loss(self, model, batch):
+        from ..prune import pruning_loss
+
+        if not hasattr(self, "index"):
+            raise RuntimeError("Pruning.prepare(model, data) must run first (wsl.train.fit calls it)")
+        if model.training:
+            rows = torch.randint(len(self.x_train), (min(self.data_batch, len(self.x_train)),), generator=self._gen)
+        else:
+            rows = self._eval_rows
+        dev = batch.edge_attr.device
+        terms = pruning_loss(self._wrapper(model), batch, self.index, self.x_train[rows].to(dev),
+                             self.y_train[rows].to(dev), lam=self.lam, alpha=self.alpha, relative=self.relative,
+                             pruned_weight=self.pruned_weight, speedup=self.speedup, baseline=not model.training)
+        zeros = torch.zeros_like(terms["loss"])
+        preds = torch.stack([terms["loss"], terms["task"], terms.get("pruned", zeros), terms["reg"]], 1).detach()
+        base = torch.stack([terms.get("base_task", zeros), terms.get("base_pruned", zeros)], 1).detach()
+        return terms["loss"].mean(), preds, base
+
+    def metrics(self, preds, targets):
+        return {"loss": float(preds[:, 0].mean()), "task_loss": float(preds[:, 1].mean()),
+                "pruned_task_loss": float(preds[:, 2].mean()), "group_norm": float(preds[:, 3].mean()),
+                "baseline_task_loss": float(targets[:, 0].mean()),
+                "baseline_pruned_task_loss": float(targets[:, 1].mean())}
+
+    # ------------------------------------------------------------ held-out comparison
+    def _held_out(self, ds) -> list[nn.Module]:
+        from ..graph.convert import from_graph
+
+        idx = list(range(len(ds)))
+        meta = ds.meta
+        if self.last_checkpoint_only and "run" in meta and "epoch" in meta:
+            last: dict[int, tuple[int, int]] = {}
+            for i in idx:
+                j = int(ds.indices[i])
+                run, ep = int(meta["run"][j]), int(meta["epoch"][j])
+                if run not in last or ep > last[run][0]:
+                    last[run] = (ep, i)
+            idx = sorted(i for _, i in last.values())
+        if self.eval_networks is not None:
+            idx = idx[: self.eval_networks]
+        out = []
+        for i in idx:
+            j = int(ds.indices[i])
+            arch = ds.architecture(int(meta["arch"][j])) if getattr(ds, "mixed", False) else ds.model
+            out.append(from_graph(ds.graph(i), arch).eval())
+        return out
+
+    def finalize(self, model, data, out_dir):
+        from ..prune import compare, summarize
+
+        pruner = self._wrapper(model)
+        was = model.training
+        model.eval()
+        out: dict[str, float] = {}
+        try:
+            if self.metanet is not None:
+                from ..prune.meta import metanet_config
+
+                pruner.config = metanet_config(self.metanet)
+                pruner.save(Path(out_dir) / "meta_pruner.safetensors", lam=self.lam, alpha=self.alpha,
+                            pruned_weight=self.pruned_weight, speedup=self.speedup)
+            models = self._held_out(data["test"])
+            for sp in self.eval_speedups:
+                rows = compare(pruner, models, self.example, (self.x_train, self.y_train), (self.x_test, self.y_test),
+                               speedup=sp, finetune_steps=self.finetune_steps, lr=self.finetune_lr, seed=self.seed,
+                               iterative_steps=self.iterative_steps)
+                s = summarize(rows)
+                for k in ("original", "plain", "learned", "plain_pruned", "learned_pruned", "win_fraction"):
+                    if k in s:
+                        out[f"prune{sp:g}x_{k}"] = s[k]
+                out["prune_networks"] = float(len(rows))
+        finally:
+            model.train(was)
+        return out
