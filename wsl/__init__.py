@@ -23,14 +23,14 @@ _EXPORTS = {
     "align": ".align", "augment": ".augment",
     **dict.fromkeys(["ConversionError", "NetworkSpec", "ParamGraph", "SymmetryElement", "from_graph", "load_graph",
                      "save_graph", "to_graph", "trace", "verify_symmetries"], ".graph"),
-    "predict_parameters": ".hyper",
+    "predict_parameters": ".hyper", "prune": ".prune",
     **dict.fromkeys(["CheckpointError", "check_state_dict", "load_checkpoint"], ".io"),
     **dict.fromkeys(["interpolate", "loss_barrier", "merge"], ".merging"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 if TYPE_CHECKING:  # what the lazy exports resolve to, for type checkers and IDEs
-    from . import align, augment
+    from . import align, augment, prune
     from .graph import (
         ConversionError,
         NetworkSpec,
@@ -65,6 +65,7 @@ __all__ = [
     "loss_barrier",
     "merge",
     "predict_parameters",
+    "prune",
     "save_graph",
     "to_graph",
     "trace",
