@@ -113,7 +113,7 @@ def _specs(batch) -> list[Any]:
 
 
 def pruning_loss(pruner: MetaPruner, batch, index: NetworkIndex, inputs: Tensor, targets: Tensor, *,
-                 lam: float = 0.5, alpha: float = 1.0, relative: bool = True, pruned_weight: float = 0.0,
+                 lam: float = 0.5, alpha: float = 1.0, relative: bool = True, pruned_weight: float = 1.0,
                  speedup: float = 2.0, baseline: bool = False,
                  task_loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> dict[str, Tensor]:
     """Per-network terms of the meta-pruning loss (see module docstring), each ``[num_graphs]``:
@@ -162,7 +162,7 @@ def pruning_loss(pruner: MetaPruner, batch, index: NetworkIndex, inputs: Tensor,
 
 
 def meta_train(pruner: MetaPruner, graphs: Sequence[Any], index: NetworkIndex, data: tuple[Tensor, Tensor], *,
-               steps: int = 200, lam: float = 0.5, alpha: float = 1.0, pruned_weight: float = 0.0,
+               steps: int = 200, lam: float = 0.5, alpha: float = 1.0, pruned_weight: float = 1.0,
                speedup: float = 2.0, lr: float = 1e-3, batch_size: int = 16, data_batch: int = 128,
                relative: bool = True, generator: torch.Generator | None = None,
                log_every: int = 0) -> list[dict[str, float]]:
