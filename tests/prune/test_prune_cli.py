@@ -96,3 +96,31 @@ def test_train_task_pruning_end_to_end(tmp_path, ckpt):
     assert main(["prune", str(path), "--arch", ARCH, "--input-shape", "1,1,8,8", "--metanet",
                  str(run / "meta_pruner.safetensors"), "-o", str(tmp_path / "p.safetensors")]) == 0
     assert load_pruned(tmp_path / "p.safetensors")(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_pruning_task_resumes_exactly(tmp_path):
+    pytest.importorskip("sklearn")
+    from wsl.data.zoos import digits_cnn as digits_zoo
+    from wsl.nn import GMN
+    from wsl.train import Pruning, fit
+
+    data = digits_zoo(runs=6, epochs=2, root=tmp_path / "zoo", progress=False)
+    kw = {"batch_size": 4, "scheduler": None, "seed": 1, "progress": False, "plot": False}
+
+    def task():
+        return Pruning(data_batch=32, eval_networks=1, finetune_steps=1, metanet={"_target_": "wsl.nn.GMN",
+                                                                                  "hidden_dim": 8, "num_layers": 1})
+
+    def model():
+        torch.manual_seed(0)
+        return GMN(out_dim=1, hidden_dim=8, num_layers=1)
+
+    full = fit(model(), task(), data, out_dir=tmp_path / "a", epochs=2, **kw)
+    fit(model(), task(), data, out_dir=tmp_path / "b", epochs=1, **kw)  # "killed" after one epoch
+    resumed = fit(model(), task(), data, out_dir=tmp_path / "b", epochs=2, **kw)
+    assert resumed["test"] == full["test"] and "prune2x_learned" in full["test"]
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert MetaPruner.load(tmp_path / "a" / "meta_pruner.safetensors").config["kwargs"] == {"hidden_dim": 8,
+                                                                                           "num_layers": 1}

@@ -209,11 +209,12 @@ class MetaPruner(nn.Module):
         self.eval()
         try:
             graph = to_graph(model, example_inputs=example_inputs, spec=spec)
-            sd = self.state_dicts(Batch.from_data_list([graph]))[0]
+            device = next(self.metanet.parameters()).device
+            sd = self.state_dicts(Batch.from_data_list([graph]).to(device))[0]
         finally:
             self.train(was)
         new = copy.deepcopy(model)
-        new.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=True)
+        new.load_state_dict({k: v.detach() for k, v in sd.items()}, strict=True)  # copies (across devices too)
         return new
 
     # ----------------------------------------------------------------- files

@@ -212,7 +212,6 @@ class Pruning(Task):
         self.x_train, self.y_train, self.x_test, self.y_test = self.classifier_data(data["train"])
         self.example = self.x_train[:1]
         self.index = NetworkIndex.from_zoo([data[k] for k in ("train", "val", "test") if k in data], self.example)
-        self._gen = torch.Generator().manual_seed(self.seed)
         fixed = torch.randperm(len(self.x_train), generator=torch.Generator().manual_seed(self.seed + 1))
         self._eval_rows = fixed[: min(self.data_batch, len(fixed))]
 
@@ -229,8 +228,8 @@ class Pruning(Task):
 
         if not hasattr(self, "index"):
             raise RuntimeError("Pruning.prepare(model, data) must run first (wsl.train.fit calls it)")
-        if model.training:
-            rows = torch.randint(len(self.x_train), (min(self.data_batch, len(self.x_train)),), generator=self._gen)
+        if model.training:  # torch's global generator: fit checkpoints it, so a resumed run draws the same rows
+            rows = torch.randint(len(self.x_train), (min(self.data_batch, len(self.x_train)),))
         else:
             rows = self._eval_rows
         dev = batch.edge_attr.device
