@@ -158,10 +158,7 @@ def merge(models: Sequence[Any], method: str = "average", *, weights: Sequence[f
     merged = average_graphs(graphs, weights)
     if template is None:
         return merged
-    model = from_graph(merged, template)
-    if bn_data is not None:
-        reset_bn(model, bn_data)
-    return model
+    return _as_model(merged, template, bn_data)
 
 
 def _ot_merge(models: Sequence[Any], weights: Sequence[float] | None, example_inputs: Any, bn_data: Any,
@@ -192,6 +189,11 @@ def _ot_merge(models: Sequence[Any], weights: Sequence[float] | None, example_in
     template = models[opts["target"]]
     if not isinstance(template, nn.Module):
         return merged
+    return _as_model(merged, template, bn_data)
+
+
+def _as_model(merged: ParamGraph, template: nn.Module, bn_data: Any) -> nn.Module:
+    """The merged graph written into a copy of ``template``, BatchNorm statistics recomputed on ``bn_data``."""
     model = from_graph(merged, template)
     if bn_data is not None:
         reset_bn(model, bn_data)

@@ -48,10 +48,7 @@ def plot_graph(graph: ParamGraph, path: str | os.PathLike[str], *, title: str | 
         _plot_summary(graph, path, title, plt, LineCollection)
         return
     layer = graph.node_layer.float()
-    y = torch.zeros(n)
-    for lay in torch.unique(graph.node_layer).tolist():
-        idx = torch.nonzero(graph.node_layer == lay).flatten()
-        y[idx] = torch.linspace(-1, 1, idx.numel()) if idx.numel() > 1 else torch.zeros(1)
+    y = _spread(graph.node_layer)
     src, dst = graph.edge_index
     # collapse the kernel elements of a channel pair into one drawn line (mean weight)
     key = src * n + dst
@@ -69,15 +66,7 @@ def plot_graph(graph: ParamGraph, path: str | os.PathLike[str], *, title: str | 
     for t in torch.unique(graph.node_type).tolist():
         m = graph.node_type == t
         ax.scatter(layer[m].numpy(), y[m].numpy(), s=14, color=cmap(t % 10), label=NODE_TYPES[t], zorder=3)
-    ax.set_xlabel("depth (node_layer)")
-    ax.set_yticks([])
-    ax.set_title(title or f"{graph.spec.arch}: {n} neurons, {e} weights (red > 0, blue < 0)")
-    ax.legend(loc="upper left", fontsize=7, frameon=False)
-    ax.autoscale()
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _finish(fig, ax, title or f"{graph.spec.arch}: {n} neurons, {e} weights (red > 0, blue < 0)", path, 130, plt)
 
 
 
@@ -86,10 +75,7 @@ def _plot_summary(graph: ParamGraph, path, title, plt, LineCollection) -> None:
     starts = torch.tensor([s.start for s in sets])
     sizes = torch.tensor([s.size for s in sets], dtype=torch.float32)
     depth = graph.node_layer[starts].float()
-    y = torch.zeros(len(sets))
-    for lay in torch.unique(depth).tolist():
-        idx = torch.nonzero(depth == lay).flatten()
-        y[idx] = torch.linspace(-1, 1, idx.numel()) if idx.numel() > 1 else torch.zeros(1)
+    y = _spread(depth)
     src, dst = graph.edge_index
     a = torch.searchsorted(starts, src, right=True) - 1  # the set each edge leaves / enters
     b = torch.searchsorted(starts, dst, right=True) - 1
@@ -109,13 +95,26 @@ def _plot_summary(graph: ParamGraph, path, title, plt, LineCollection) -> None:
         m = torch.tensor([kk == t for kk in kinds])
         ax.scatter(depth[m].numpy(), y[m].numpy(), s=(6 * torch.log2(sizes[m] + 1)).numpy(), color=cmap(t % 10),
                    label=NODE_TYPES[t], zorder=3)
+    _finish(fig, ax, title or f"{graph.spec.arch}: summary of {graph.num_nodes:,} neurons in {k:,} sets, "
+                             f"{graph.edge_index.shape[1]:,} weights", path, 110, plt)
+
+
+def _spread(depth: torch.Tensor) -> torch.Tensor:
+    """Vertical positions: the items of each depth spread evenly over [-1, 1]."""
+    y = torch.zeros(depth.numel())
+    for lay in torch.unique(depth).tolist():
+        idx = torch.nonzero(depth == lay).flatten()
+        y[idx] = torch.linspace(-1, 1, idx.numel()) if idx.numel() > 1 else torch.zeros(1)
+    return y
+
+
+def _finish(fig, ax, title: str, path, dpi: int, plt) -> None:
     ax.set_xlabel("depth (node_layer)")
     ax.set_yticks([])
-    ax.set_title(title or f"{graph.spec.arch}: summary of {graph.num_nodes:,} neurons in {k:,} sets, "
-                          f"{graph.edge_index.shape[1]:,} weights")
+    ax.set_title(title)
     ax.legend(loc="upper left", fontsize=7, frameon=False)
     ax.autoscale()
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)

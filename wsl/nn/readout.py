@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..graph.builder import EDGE_TYPE_ID, NODE_COL
 from ..graph.paramgraph import ParamGraph
 from .context import GraphContext
+from .encoders import sinusoidal
 from .scatter import scatter
 
 
@@ -63,8 +64,6 @@ class IOPool(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), act(), nn.Linear(dim, out_dim))
 
     def forward(self, h: Tensor, ctx: GraphContext, e: Tensor | None = None) -> Tensor:
-        from .encoders import sinusoidal
-
         if ctx.io is None:
             raise ValueError("IOPool needs the batch's io / io_index (build graphs with wsl.to_graph)")
         sel = (ctx.io > 0).nonzero().squeeze(1)
