@@ -4,7 +4,7 @@ T5 adds a learned per-head relative-position bias (computed in the first layer, 
 attention scores through ``scaled_dot_product_attention``'s ``attn_mask``; wsl ignored the mask, so the heads
 were permuted without the bias's head columns (outputs changed by ~15 %). Phi rotates only part of each head,
 which fixes q / k; the scores then carry no neurons yet differ per head, and wsl let v's neurons move across
-heads (~0.2 %). Both are fixed in :mod:`wsl.graph.contract`; the monkeypatched tests show the check would
+heads (~0.2 %). Both are fixed in :mod:`wsl.graph.rules.contract`; the monkeypatched tests show the check would
 have named the culprit.
 """
 
@@ -17,7 +17,7 @@ from torch import nn
 
 import wsl
 from wsl.cli import main
-from wsl.graph import contract
+from wsl.graph.rules import contract
 from wsl.graph.symmetry import SIGN
 
 transformers = pytest.importorskip("transformers")

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from . import contract, ops, rules  # noqa: F401  (importing them registers op handlers and per-family rules)
 from .builder import NODE_FEATURES, ConversionError
 from .inputs import as_inputs
 from .labels import Act

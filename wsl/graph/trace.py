@@ -6,13 +6,15 @@ know how many spatial positions each channel contributes). ``wsl`` therefore tra
 module runs once under a :class:`~torch.overrides.TorchFunctionMode` on example inputs, normally with all
 parameters and inputs swapped for ``meta`` tensors (no memory, no FLOPs) through
 :func:`torch.func.functional_call` (the caller's module is never modified). Models whose Python code needs
-real values (``.item()``, data-dependent branches) are retried with real tensors. Every call goes to one
-of three places:
+real values (``.item()``, data-dependent branches) are retried with real tensors.
 
-* a **rule** (:mod:`wsl.graph.rules`) when a parameter takes part: it creates neuron sets and places the
-  parameter's elements as edges / node features;
-* an **op handler** (:mod:`wsl.graph.ops`) for parameter-free ops on activations: it replays the op on the
-  activation's neuron-id tensor (see :mod:`wsl.graph.labels`) and records symmetry constraints;
+Every call is dispatched through the layer-rule registry (:mod:`wsl.graph.registry`, which documents the
+dispatch and the protocol handlers follow):
+
+* a **parametric rule** when a parameter takes part: it creates neuron sets and places the parameter's
+  elements as edges / node features;
+* an **op handler** for parameter-free ops on activations: it replays the op on the activation's neuron-id
+  tensor (see :mod:`wsl.graph.labels`) and records symmetry constraints;
 * anything else touching an activation falls back to the conservative default: its neurons are marked
   fixed (never permuted), so derived symmetries stay correct, just smaller.
 """
@@ -20,7 +22,7 @@ of three places:
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -28,67 +30,12 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from . import registry
 from .builder import ConversionError, GraphBuilder
 from .labels import Act, Info, Opaque, Param, compress, unlabelled
+from .registry import Call, Handler, func_name
 
-Handler = Callable[["Tracer", "Call"], Any]
-OP_HANDLERS: dict[str, Handler] = {}
-PARAM_RULES: dict[str, Handler] = {}
-
-
-def op_handler(*names: str) -> Callable[[Handler], Handler]:
-    """Register a handler for parameter-free ops on activations (by torch function name)."""
-
-    def deco(fn: Handler) -> Handler:
-        for n in names:
-            OP_HANDLERS[n] = fn
-        return fn
-
-    return deco
-
-
-def param_rule(*names: str) -> Callable[[Handler], Handler]:
-    """Register a per-layer-family rule for ops that involve parameters (by torch function name)."""
-
-    def deco(fn: Handler) -> Handler:
-        for n in names:
-            PARAM_RULES[n] = fn
-        return fn
-
-    return deco
-
-
-def func_name(func: Any) -> str:
-    name = getattr(func, "__name__", None) or str(func)
-    if name == "__get__":
-        owner = getattr(func, "__self__", None)
-        name = "__get__." + str(getattr(owner, "__name__", owner))
-    return name
-
-
-class Call:
-    """One recorded call: function, arguments, result, and the infos of tensor arguments."""
-
-    def __init__(self, tracer: Tracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        self.tracer = tracer
-        self.func = func
-        self.name = func_name(func)
-        self.args = args
-        self.kwargs = kwargs
-        self.out = out
-        self.module = tracer.module_path()
-        self.module_type = tracer.module_type()
-
-    def arg(self, i: int, name: str, default: Any = None) -> Any:
-        if len(self.args) > i:
-            return self.args[i]
-        return self.kwargs.get(name, default)
-
-    def info(self, t: Any) -> Info | None:
-        return self.tracer.info_of(t) if isinstance(t, Tensor) else None
-
-    def where(self) -> str:
-        return f"op {self.name!r} in module {self.module or '<root>'!r} ({self.module_type})"
+__all__ = ["Call", "Handler", "Tracer", "func_name"]  # Call / Handler / func_name live in wsl.graph.registry
 
 
 class _Mode(TorchFunctionMode):
@@ -195,34 +142,23 @@ class Tracer:
         has_act = any(isinstance(i, Act) for i in infos)
         params = [i for i in infos if isinstance(i, (Param, Opaque)) and not (isinstance(i, Param) and i.buffer)]
         buffers = [i for i in infos if isinstance(i, Param) and i.buffer]
-        if call.name in PARAM_RULES and (params or (buffers and has_act and call.name in _BUFFER_RULES)):
-            PARAM_RULES[call.name](self, call)
+        rule = registry.lookup(call.name, params=True)
+        if rule is not None and (params or (buffers and has_act and rule.needs_buffers)):
+            rule.handler(self, call)
             return
         if params and has_act:
             names = sorted({n for p in params for n in (p.names if isinstance(p, Opaque) else (p.name,))})
             raise ConversionError(
                 f"cannot convert parameter(s) {', '.join(names)}: they are used by {call.where()}, for which "
-                f"wsl has no conversion rule. Supported parameter ops: {', '.join(sorted(PARAM_RULES))}. "
-                "Register one with wsl.graph.trace.param_rule, or pass a module that uses supported layers."
+                f"wsl has no conversion rule. Supported parameter ops: {', '.join(registry.names(params=True))}. "
+                "Register one with wsl.graph.registry.register_op(..., params=True), or pass a module that uses "
+                "supported layers."
             )
-        if not has_act:
-            from .ops import (
-                derive_param,  # parameter-only arithmetic (views, expands, elementwise functions)
-            )
-
-            derive_param(self, call, params + buffers)
+        if not has_act:  # parameter-only arithmetic (views, expands, elementwise functions)
+            registry.default(params=True).handler(self, call)
             return
-        handler = OP_HANDLERS.get(call.name)
-        if handler is None:
-            from .ops import unknown_op
-
-            unknown_op(self, call)
-        else:
-            handler(self, call)
+        (registry.lookup(call.name, params=False) or registry.default(params=False)).handler(self, call)
 
 
 # in-place ops that return None but change their first argument
 _INPLACE_NONE = {"__setitem__", "copy_", "fill_", "zero_", "masked_fill_", "index_put_", "scatter_"}
-
-# ops whose rule also has to see buffers (running statistics) even without a learnable parameter
-_BUFFER_RULES = {"batch_norm", "instance_norm"}

@@ -8,9 +8,10 @@ tensors, through ``torch.func.functional_call``; real tensors when the model's c
 module :func:`wsl.to_graph` handles works here too, with no per-family code. :class:`OpTracer` subclasses the
 parameter-graph :class:`~wsl.graph.trace.Tracer` and only replaces what is done with each recorded call:
 
-* a call that consumes an activation becomes a node whose type comes from the torch function name
-  (:data:`OP_TYPES`); the parameters among its arguments (directly, or through views / transposes /
-  elementwise functions of one parameter such as ``weight.t()``) are **owned** by that node;
+* a call that consumes an activation becomes a node whose type (:data:`OP_TYPES`) comes from the torch
+  function name: the ``op_type`` of its :mod:`wsl.graph.registry` entry. The parameters among its arguments
+  (directly, or through views / transposes / elementwise functions of one parameter such as ``weight.t()``)
+  are **owned** by that node;
 * shape-only ops (views, reshapes, permutes, slicing, dropout, dtype casts) and elementwise ops of one
   activation with constants (``x * 0.5``) create no node: their output keeps its producer's node;
 * calls on parameters alone create no node either (their outputs remember the parameters), except lookups
@@ -39,7 +40,8 @@ from torch.utils._pytree import tree_flatten
 
 from ..graph.convert import trace_state
 from ..graph.inputs import as_inputs
-from ..graph.trace import Tracer, func_name
+from ..graph.registry import func_name, op_types
+from ..graph.trace import Tracer
 
 OP_TYPES: tuple[str, ...] = (
     "input", "output", "conv", "conv_transpose", "linear", "bn", "ln", "gn", "instance_norm", "rms_norm",
@@ -51,35 +53,37 @@ OP_ID = {n: i for i, n in enumerate(OP_TYPES)}
 PARAM_OPS = ("conv", "conv_transpose", "linear", "bn", "ln", "gn", "instance_norm", "rms_norm", "attention",
              "embedding", "pos_enc", "cls_token", "scale")
 
-_NAME_TO_OP = {
-    **dict.fromkeys(["conv1d", "conv2d", "conv3d"], "conv"),
-    **dict.fromkeys(["conv_transpose1d", "conv_transpose2d", "conv_transpose3d"], "conv_transpose"),
-    **dict.fromkeys(["linear", "addmm", "bilinear"], "linear"),
-    "batch_norm": "bn", "layer_norm": "ln", "group_norm": "gn", "instance_norm": "instance_norm",
-    "rms_norm": "rms_norm", "multi_head_attention_forward": "attention",
-    "scaled_dot_product_attention": "attention", "embedding": "embedding", "embedding_bag": "embedding",
-    **dict.fromkeys(["matmul", "mm", "bmm", "__matmul__", "__rmatmul__", "einsum", "baddbmm"], "matmul"),
-    **dict.fromkeys(["max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices",
-                     "max_pool1d_with_indices", "max_pool3d_with_indices"], "max_pool"),
-    **dict.fromkeys(["avg_pool1d", "avg_pool2d", "avg_pool3d", "lp_pool1d", "lp_pool2d"], "avg_pool"),
-    **dict.fromkeys(["adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
-                     "adaptive_max_pool2d", "adaptive_max_pool3d", "adaptive_max_pool2d_with_indices",
-                     "mean", "sum", "amax", "nanmean"], "global_pool"),
-    **dict.fromkeys(["add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "rsub",
-                     "__isub__", "sub_"], "sum"),
-    **dict.fromkeys(["mul", "__mul__", "__rmul__", "__imul__", "mul_", "div", "__truediv__", "__rtruediv__",
-                     "true_divide", "div_", "__itruediv__"], "mul"),
-    **dict.fromkeys(["cat", "concat", "concatenate", "stack", "hstack", "vstack"], "concat"),
-    **dict.fromkeys(["relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_"], "relu"),
-    **dict.fromkeys(["gelu", "gelu_"], "gelu"),
-    **dict.fromkeys(["silu", "silu_", "mish"], "silu"),
-    **dict.fromkeys(["sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "logsigmoid"], "sigmoid"),
-    **dict.fromkeys(["tanh", "tanh_"], "tanh"),
-    **dict.fromkeys(["softmax", "log_softmax", "softmin"], "softmax"),
-    **dict.fromkeys(["hardswish", "hardswish_"], "hardswish"),
-    **dict.fromkeys(["elu", "elu_", "selu", "selu_", "celu", "softplus", "softsign", "sin", "cos", "exp",
-                     "glu", "prelu"], "act_other"),
+# Torch names the hypernetworks type although the parameter graph has no rule or handler for them (there a
+# parameter used on an activation is refused, and an op on activations alone fixes their neurons). They stay out
+# of the registry, whose entries promise a parameter-graph rule; a name moves there (with its op_type) once it
+# gets one. wsl.hyper.compgraph refuses to import while a name is in both.
+_UNMODELLED_OP_TYPES = {
+    "bilinear": "linear",  # nn.Bilinear
+    "baddbmm": "matmul",
+    "embedding_bag": "embedding",
+    "hstack": "concat", "vstack": "concat",
+    "glu": "act_other",
+    "prelu": "act_other",  # nn.PReLU's learned slope
 }
+
+
+def _name_to_op() -> dict[str, str]:
+    """Torch function name -> op type: the registry's ``op_type`` entries plus :data:`_UNMODELLED_OP_TYPES`."""
+    registered = op_types()
+    both = sorted(set(registered) & set(_UNMODELLED_OP_TYPES))
+    if both:
+        raise RuntimeError(f"{', '.join(both)} now have a registered op_type; remove them from "
+                           "wsl.hyper.compgraph._UNMODELLED_OP_TYPES")
+    table = {**registered, **_UNMODELLED_OP_TYPES}
+    unknown = sorted({f"{n}: {op}" for n, op in table.items() if op not in OP_ID})
+    if unknown:
+        raise ValueError(f"op types outside OP_TYPES ({', '.join(unknown)}); OP_TYPES indexes trained "
+                         "hypernetworks, so map these names onto an existing type")
+    return table
+
+
+_NAME_TO_OP = _name_to_op()
+
 # ops that neither compute nor mix: their outputs stay with their input's node
 _SKIP = {
     "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "permute", "transpose", "t", "movedim",

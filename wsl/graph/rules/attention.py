@@ -10,10 +10,12 @@ permutation with their own within-head permutation, and the output projection re
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..builder import ConversionError
-from ..trace import Call, Tracer, param_rule
+from ..registry import Call, register_op
 from .common import (
     consume,
     group_heads,
@@ -24,13 +26,16 @@ from .common import (
     weight_info,
 )
 
+if TYPE_CHECKING:
+    from ..trace import Tracer
+
 _NAMES = ["query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
           "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
           "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
           "k_proj_weight", "v_proj_weight", "static_k", "static_v", "average_attn_weights", "is_causal"]
 
 
-@param_rule("multi_head_attention_forward")
+@register_op("multi_head_attention_forward", params=True, op_type="attention")
 def multi_head_attention(tr: Tracer, call: Call) -> None:
     a = {n: call.arg(i, n) for i, n in enumerate(_NAMES)}
     if a["bias_k"] is not None or a["bias_v"] is not None or a["add_zero_attn"]:

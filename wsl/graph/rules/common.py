@@ -1,13 +1,128 @@
-"""Helpers shared by the per-family conversion rules."""
+"""Helpers shared by the conversion rules and op handlers: reading a call's activations, placing parameters,
+declaring block structure, and the scale-chain steps (see the protocol in :mod:`wsl.graph.registry`).
+
+:func:`unknown_op` is also the registered default for ops on activations that no entry names
+(:mod:`wsl.graph.rules.defaults` registers it).
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_flatten
 
 from ..builder import ConversionError
-from ..labels import Act, Opaque, Param, atoms_along, occurrence, place_along
-from ..trace import Call, Tracer
+from ..labels import (
+    Act,
+    Opaque,
+    Param,
+    atoms_along,
+    occurrence,
+    place_along,
+    unlabelled,
+)
+from ..registry import Call
+
+if TYPE_CHECKING:
+    from ..trace import Tracer
+
+
+# ------------------------------------------------------------------------------- a call's tensors
+def tensors_of(x: Any) -> list[Tensor]:
+    """The tensors of an output (a tensor, or a tuple / list of them)."""
+    if isinstance(x, Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for t in x if isinstance(t, Tensor)]
+    return []
+
+
+def all_tensors(call: Call) -> list[Tensor]:
+    """Every tensor among the call's arguments, in order."""
+    return [t for t in tree_flatten((call.args, call.kwargs))[0] if isinstance(t, Tensor)]
+
+
+def acts_of(tr: Tracer, call: Call) -> list[tuple[Tensor, Act]]:
+    """The call's activation arguments with their :class:`Act` labels."""
+    out = []
+    for t in all_tensors(call):
+        i = tr.info_of(t)
+        if isinstance(i, Act):
+            out.append((t, i))
+    return out
+
+
+# ------------------------------------------------------------------------------------- scale chains
+def break_chains(tr: Tracer, acts: list[tuple[Tensor, Act]]) -> None:
+    """Mark the scale chains of ``acts`` broken (their values reach a non-affine use)."""
+    for _, a in acts:
+        if a.chain is not None and a.chain[0] in tr.builder.scale:
+            tr.builder.scale[a.chain[0]].broken = True
+
+
+def break_if(tr: Tracer, old: tuple[int, str] | None, new: tuple[int, str] | None) -> None:
+    """An op turned chain ``old`` into ``new``: dropping it (``new is None``) breaks it."""
+    if old is not None and new is None and old[0] in tr.builder.scale:
+        tr.builder.scale[old[0]].broken = True
+
+
+def unknown_op(tr: Tracer, call: Call) -> None:
+    """Conservative default: neurons seen by an op wsl does not know are never permuted."""
+    acts = acts_of(tr, call)
+    break_chains(tr, acts)
+    for _, a in acts:
+        tr.builder.fix(a.ids)
+    note = f"unknown op {call.name!r} (module {call.module or '<root>'!r}): its neurons are kept fixed"
+    if acts and any(bool((a.ids >= 0).any()) for _, a in acts) and note not in tr.builder.notes:
+        tr.builder.notes.append(note)
+    outs = tensors_of(call.out)
+    if call.out is None and call.args and isinstance(call.args[0], Tensor):
+        outs = [call.args[0]]  # in-place op returning None (__setitem__)
+    for t in outs:
+        tr.set_act(t, unlabelled(t.ndim))
+
+
+# ---------------------------------------------------------------------------------- block structure
+def blockify(tr: Tracer, ids: Tensor, rows: list[int], cols: list[int]) -> Tensor:
+    """Reduce a neuron grid over ``cols``: one head id per row; declares the block structure.
+
+    Each row must hold a whole consecutive run of ``m`` neurons and the distinct rows must tile a run of
+    ``G * m`` neurons; otherwise the neurons are fixed and the result is unlabelled.
+    """
+    nd = ids.ndim
+    perm = rows + cols + [d for d in range(nd) if d not in rows and d not in cols]
+    g = ids.permute(perm)
+    rshape = [ids.shape[d] for d in rows]
+    grid = g.reshape(int(torch.tensor(rshape).prod()), -1)
+    out_shape = [ids.shape[d] if d in rows else 1 for d in range(nd)]
+    lo, hi = grid.min(1).values, grid.max(1).values
+    m = hi - lo + 1
+    ok = bool((lo >= 0).all()) and bool((m == m[0]).all())
+    if ok:
+        srt = torch.sort(grid, 1).values
+        ok = bool((srt[:, 1:] != srt[:, :-1]).all()) and srt.shape[1] == int(m[0])
+    if ok:
+        starts = torch.unique(lo)
+        size = int(m[0])
+        ok = bool(((starts - starts[0]) % size == 0).all()) and int(starts[-1] - starts[0]) // size + 1 == starts.numel()
+        ok = ok and len(tr.builder.sets_of(torch.stack([starts[0], starts[-1] + size - 1]))) == 1
+    if not ok:
+        tr.builder.fix(ids)
+        return unlabelled(nd)
+    start, size = int(starts[0]), int(m[0])
+    heads = tr.builder.head_set(start, starts.numel(), size)
+    return heads[(lo - start) // size].reshape(out_shape)
+
+
+def group_heads(tr: Tracer, atoms: Tensor, groups: int) -> Tensor:
+    """Declare that ``atoms`` split into ``groups`` consecutive blocks permuted as blocks; head ids."""
+    grid = atoms.reshape(groups, -1)
+    return blockify(tr, grid, [0], [1]).reshape(-1)
+
+
+# --------------------------------------------------------------------------- parametric rules
 
 
 def input_atoms(tr: Tracer, call: Call, x: Tensor, dim: int) -> Tensor:
@@ -140,15 +255,9 @@ def flatten_positions(seq: Tensor) -> Tensor:
 
 
 def output(tr: Tracer, call: Call, out: Tensor, atoms: Tensor, dim: int, chain_set: int | None = None) -> None:
+    """Label ``out`` with the new neurons ``atoms`` along ``dim``. ``chain_set`` given (rules producing a set by a
+    plain affine map pass 0): the set becomes a scale-symmetry candidate and ``out`` opens its chain ("pre")."""
     chain = (tr.builder.set_index(int(atoms[0])), "pre") if chain_set is not None else None
     if chain is not None:
         tr.builder.scale_candidate(int(atoms[0]))
     tr.set_act(out, place_along(atoms, out.ndim, dim), chain)
-
-
-def group_heads(tr: Tracer, atoms: Tensor, groups: int) -> Tensor:
-    """Declare that ``atoms`` split into ``groups`` consecutive blocks permuted as blocks; head ids."""
-    from ..contract import blockify
-
-    grid = atoms.reshape(groups, -1)
-    return blockify(tr, grid, [0], [1]).reshape(-1)

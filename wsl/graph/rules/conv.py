@@ -10,9 +10,11 @@ offset from the kernel centre (``[dz, dy, dx]`` right-aligned in 3 slots). Memor
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from ..trace import Call, Tracer, param_rule
+from ..registry import Call, register_op
 from .common import (
     consume,
     group_heads,
@@ -23,6 +25,9 @@ from .common import (
     place_nodes,
     weight_info,
 )
+
+if TYPE_CHECKING:
+    from ..trace import Tracer
 
 
 def _conv(tr: Tracer, call: Call, nd: int, transposed: bool) -> None:
@@ -70,5 +75,5 @@ def _conv(tr: Tracer, call: Call, nd: int, transposed: bool) -> None:
 
 
 for _nd in (1, 2, 3):
-    param_rule(f"conv{_nd}d")(lambda tr, call, nd=_nd: _conv(tr, call, nd, transposed=False))
-    param_rule(f"conv_transpose{_nd}d")(lambda tr, call, nd=_nd: _conv(tr, call, nd, transposed=True))
+    register_op(f"conv{_nd}d", params=True, op_type="conv")(lambda tr, call, nd=_nd: _conv(tr, call, nd, transposed=False))
+    register_op(f"conv_transpose{_nd}d", params=True, op_type="conv_transpose")(lambda tr, call, nd=_nd: _conv(tr, call, nd, transposed=True))

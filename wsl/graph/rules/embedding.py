@@ -14,16 +14,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from ..builder import ConversionError, unique_pairs
 from ..labels import Act, Param, compress, labelled_dims
-from ..trace import Call, Tracer, param_rule
+from ..registry import Call, register_op
 from .common import consume, output, place_edges, weight_info
 
+if TYPE_CHECKING:
+    from ..trace import Tracer
 
-@param_rule("embedding")
+
+@register_op("embedding", params=True, op_type="embedding")
 def embedding(tr: Tracer, call: Call) -> None:
     w = call.arg(1, "weight")  # the indices (arg 0) select rows at run time; the table is the structure
     pw = weight_info(tr, call, w, "weight")
@@ -55,7 +60,7 @@ _SHIFT = {"add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "_
 _SCALE = {"mul", "__mul__", "__rmul__", "__imul__", "mul_"}
 
 
-@param_rule(*(_SHIFT | _SCALE))
+@register_op(*(_SHIFT | _SCALE), params=True)
 def elementwise_param(tr: Tracer, call: Call) -> None:
     x, ax, p, pp = _operands(tr, call)
     weight_info(tr, call, p, "parameter operand")
@@ -128,7 +133,7 @@ def _position_edges(tr: Tracer, call: Call, pp: Param, atom_of_elem: Tensor, tar
                          view=(pp.numel,))
 
 
-@param_rule("cat", "concat", "concatenate")
+@register_op("cat", "concat", "concatenate", params=True)
 def cat_param(tr: Tracer, call: Call) -> None:
     """``torch.cat([cls_token.expand(...), dist_token.expand(...), x], dim)`` along a non-neuron dimension."""
     parts = list(call.arg(0, "tensors"))

@@ -8,7 +8,11 @@ spatial index (the dense layer acts like a convolution whose kernel covers the w
 
 from __future__ import annotations
 
-from ..trace import Call, Tracer, param_rule
+from typing import TYPE_CHECKING
+
+from ..builder import ConversionError
+from ..labels import Param
+from ..registry import Call, register_op
 from .common import (
     consume,
     flatten_positions,
@@ -18,6 +22,9 @@ from .common import (
     place_nodes,
     weight_info,
 )
+
+if TYPE_CHECKING:
+    from ..trace import Tracer
 
 
 def _dense(tr: Tracer, call: Call, x, w, b, transposed: bool) -> None:
@@ -41,27 +48,23 @@ def _dense(tr: Tracer, call: Call, x, w, b, transposed: bool) -> None:
     output(tr, call, call.out, out, -1, chain_set=0)
 
 
-@param_rule("linear")
+@register_op("linear", params=True, op_type="linear")
 def linear(tr: Tracer, call: Call) -> None:
     _dense(tr, call, call.arg(0, "input"), call.arg(1, "weight"), call.arg(2, "bias"), transposed=False)
 
 
-@param_rule("addmm")
+@register_op("addmm", params=True, op_type="linear")
 def addmm(tr: Tracer, call: Call) -> None:
     bias, x, w = call.arg(0, "input"), call.arg(1, "mat1"), call.arg(2, "mat2")
     _dense(tr, call, x, w, bias, transposed=True)
 
 
-@param_rule("matmul", "__matmul__", "mm", "bmm")
+@register_op("matmul", "__matmul__", "mm", "bmm", params=True, op_type="matmul")
 def matmul_param(tr: Tracer, call: Call) -> None:
     a, b = call.args[0], call.args[1]
-    from ..labels import Param
-
     if isinstance(tr.info_of(b), Param) and b.ndim == 2:
         _dense(tr, call, a, b, None, transposed=True)
         return
-    from ..builder import ConversionError
-
     raise ConversionError(
         f"{call.where()} multiplies by a parameter in a layout wsl does not know (parameter on the left or "
         "batched); use nn.Linear or x @ W with a 2-D W"

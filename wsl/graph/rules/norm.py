@@ -9,9 +9,11 @@ edges are fixed identity edges. GroupNorm additionally declares its channel grou
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..builder import ConversionError
-from ..labels import Act
-from ..trace import Call, Tracer, op_handler, param_rule
+from ..labels import Act, labelled_dims
+from ..registry import Call, register_op
 from .common import (
     consume,
     group_heads,
@@ -21,6 +23,9 @@ from .common import (
     place_nodes,
     weight_info,
 )
+
+if TYPE_CHECKING:
+    from ..trace import Tracer
 
 
 def _norm(tr: Tracer, call: Call, x, dim: int, weight, bias, stats=(), groups: int = 1) -> None:
@@ -45,7 +50,8 @@ def _norm(tr: Tracer, call: Call, x, dim: int, weight, bias, stats=(), groups: i
     output(tr, call, call.out, out, dim)
 
 
-@param_rule("batch_norm", "instance_norm")
+@register_op("batch_norm", params=True, needs_buffers=True, op_type="bn")
+@register_op("instance_norm", params=True, needs_buffers=True, op_type="instance_norm")
 def batch_norm(tr: Tracer, call: Call) -> None:
     x = call.arg(0, "input")
     if call.name == "batch_norm":
@@ -57,7 +63,8 @@ def batch_norm(tr: Tracer, call: Call) -> None:
     _norm(tr, call, x, 1 if x.ndim > 1 else 0, w, b, stats=((rm, "running_mean"), (rv, "running_var")))
 
 
-@param_rule("layer_norm", "rms_norm")
+@register_op("layer_norm", params=True, op_type="ln")
+@register_op("rms_norm", params=True, op_type="rms_norm")
 def layer_norm(tr: Tracer, call: Call) -> None:
     x, shape = call.arg(0, "input"), call.arg(1, "normalized_shape")
     w = call.arg(2, "weight")
@@ -70,14 +77,14 @@ def layer_norm(tr: Tracer, call: Call) -> None:
     _norm(tr, call, x, -1, w, b)
 
 
-@param_rule("group_norm")
+@register_op("group_norm", params=True, op_type="gn")
 def group_norm(tr: Tracer, call: Call) -> None:
     x, g = call.arg(0, "input"), call.arg(1, "num_groups")
     _norm(tr, call, x, 1, call.arg(2, "weight"), call.arg(3, "bias"), groups=int(g))
 
 
-@op_handler("batch_norm", "instance_norm", "layer_norm", "rms_norm", "group_norm", "local_response_norm",
-            "normalize")
+@register_op("batch_norm", "instance_norm", "layer_norm", "rms_norm", "group_norm", "local_response_norm",
+             "normalize")
 def norm_without_params(tr: Tracer, call: Call) -> None:
     """Normalization with no learned parameters: equivariant, neurons pass through (groups declared)."""
     x = call.args[0]
@@ -92,8 +99,6 @@ def norm_without_params(tr: Tracer, call: Call) -> None:
         tr.builder.fix(info.ids)
     if call.name == "normalize":
         dim = call.arg(2, "dim", 1)
-        from ..labels import labelled_dims
-
         if set(labelled_dims(info.ids)) - {dim % x.ndim}:
             tr.builder.fix(info.ids)
     tr.set_act(call.out, info.ids)

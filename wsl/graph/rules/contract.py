@@ -1,50 +1,26 @@
 """Contractions of activations with each other: ``matmul`` / ``bmm`` / ``einsum`` /
-``scaled_dot_product_attention`` (the heart of attention), and :func:`blockify`, which declares head / group
-block structure when a neuron grid is reduced over its within-block dimension.
+``scaled_dot_product_attention`` (the heart of attention).
 
 A contraction ties the contracted neurons of its two operands (q with k) and the neurons / heads along the
-batched dimensions (q heads with v heads); the result keeps the finer labelling (v's neurons).
+batched dimensions (q heads with v heads); the result keeps the finer labelling (v's neurons). Reducing a
+neuron grid over its within-head dimension declares the head blocks (:func:`~wsl.graph.rules.common.blockify`).
+Every contraction breaks its operands' scale chains. ``x @ W`` with a parameter ``W`` is the dense rule
+(:mod:`wsl.graph.rules.linear`), not this.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from .labels import Act, compress, labelled_dims, unlabelled
-from .ops import _acts, _break_chains, unknown_op
-from .trace import Call, Tracer, op_handler
+from ..labels import Act, compress, labelled_dims, unlabelled
+from ..registry import Call, register_op
+from .common import acts_of, blockify, break_chains, unknown_op
 
-
-def blockify(tr: Tracer, ids: Tensor, rows: list[int], cols: list[int]) -> Tensor:
-    """Reduce a neuron grid over ``cols``: one head id per row; declares the block structure.
-
-    Each row must hold a whole consecutive run of ``m`` neurons and the distinct rows must tile a run of
-    ``G * m`` neurons; otherwise the neurons are fixed and the result is unlabelled.
-    """
-    nd = ids.ndim
-    perm = rows + cols + [d for d in range(nd) if d not in rows and d not in cols]
-    g = ids.permute(perm)
-    rshape = [ids.shape[d] for d in rows]
-    grid = g.reshape(int(torch.tensor(rshape).prod()), -1)
-    out_shape = [ids.shape[d] if d in rows else 1 for d in range(nd)]
-    lo, hi = grid.min(1).values, grid.max(1).values
-    m = hi - lo + 1
-    ok = bool((lo >= 0).all()) and bool((m == m[0]).all())
-    if ok:
-        srt = torch.sort(grid, 1).values
-        ok = bool((srt[:, 1:] != srt[:, :-1]).all()) and srt.shape[1] == int(m[0])
-    if ok:
-        starts = torch.unique(lo)
-        size = int(m[0])
-        ok = bool(((starts - starts[0]) % size == 0).all()) and int(starts[-1] - starts[0]) // size + 1 == starts.numel()
-        ok = ok and len(tr.builder.sets_of(torch.stack([starts[0], starts[-1] + size - 1]))) == 1
-    if not ok:
-        tr.builder.fix(ids)
-        return unlabelled(nd)
-    start, size = int(starts[0]), int(m[0])
-    heads = tr.builder.head_set(start, starts.numel(), size)
-    return heads[(lo - start) // size].reshape(out_shape)
+if TYPE_CHECKING:
+    from ..trace import Tracer
 
 
 # ------------------------------------------------------------------------------------------ contraction
@@ -121,9 +97,9 @@ def _pin_heads(tr: Tracer, X: Tensor, fdim: int, other_shape, nd: int) -> None:
     tr.builder.fix(blockify(tr, X, rows, [fdim]))
 
 
-@op_handler("matmul", "bmm", "__matmul__", "__rmatmul__")
+@register_op("matmul", "bmm", "__matmul__", "__rmatmul__", op_type="matmul")
 def matmul(tr: Tracer, call: Call) -> None:
-    acts = _acts(tr, call)
+    acts = acts_of(tr, call)
     a, b = call.args[0], call.args[1]
     if call.name == "__rmatmul__":
         a, b = b, a
@@ -131,7 +107,7 @@ def matmul(tr: Tracer, call: Call) -> None:
     if len(acts) != 2 or a.ndim < 2 or b.ndim < 2 or not isinstance(ia, Act) or not isinstance(ib, Act):
         unknown_op(tr, call)
         return
-    _break_chains(tr, acts)
+    break_chains(tr, acts)
     ids = contract(tr, ia.ids, a.shape, ib.ids, b.shape)
     if ids is None:
         unknown_op(tr, call)
@@ -139,14 +115,14 @@ def matmul(tr: Tracer, call: Call) -> None:
     tr.set_act(call.out, ids.reshape((1,) * (call.out.ndim - ids.ndim) + tuple(ids.shape)))
 
 
-@op_handler("scaled_dot_product_attention")
+@register_op("scaled_dot_product_attention", op_type="attention")
 def sdpa(tr: Tracer, call: Call) -> None:
     q, k, v = call.args[:3]
     iq, ik, iv = tr.info_of(q), tr.info_of(k), tr.info_of(v)
     if not all(isinstance(i, Act) for i in (iq, ik, iv)) or min(q.ndim, k.ndim, v.ndim) < 2:
         unknown_op(tr, call)
         return
-    _break_chains(tr, _acts(tr, call))
+    break_chains(tr, acts_of(tr, call))
     if call.kwargs.get("enable_gqa", False) and q.shape[-3] != k.shape[-3]:
         unknown_op(tr, call)
         return
@@ -181,7 +157,7 @@ def _tie_mask(tr: Tracer, mask, scores: Tensor, scores_shape) -> None:
     tr.builder.tie(m.expand(shape), s.expand(shape))
 
 
-@op_handler("einsum")
+@register_op("einsum", op_type="matmul")
 def einsum(tr: Tracer, call: Call) -> None:
     """Two-operand ``einsum`` without ellipsis, rewritten as a batched ``matmul`` on the id tensors."""
     eq = call.args[0]
@@ -203,7 +179,7 @@ def einsum(tr: Tracer, call: Call) -> None:
     if len(fa) > 1 or len(fb) > 1 or len(con) > 1 or set(sa) != set(batch + fa + con) or set(sb) != set(batch + fb + con):
         unknown_op(tr, call)
         return
-    _break_chains(tr, _acts(tr, call))
+    break_chains(tr, acts_of(tr, call))
     size = {c: a.shape[i] for i, c in enumerate(sa)} | {c: b.shape[i] for i, c in enumerate(sb)}
 
     def arrange(x: Tensor, ids: Tensor, sub: str, order: list[str]) -> tuple[Tensor, tuple[int, ...]]:
