@@ -37,6 +37,21 @@ def test_same_seed_same_weights_and_resume(tmp_path):
     assert not torch.equal(_all(other)[0][0]["0.weight"], a[0][0]["0.weight"])
 
 
+def test_opening_a_finished_zoo_writes_nothing(tmp_path):
+    """torchrun ranks open one zoo side by side: reopening must not rewrite its manifest (a CI run lost a race
+    on a shared ``manifest.json.tmp``), and an interrupted manifest update is still repaired."""
+    generate_digits_inr(SMALL, tmp_path, progress=False)
+    mf = tmp_path / "manifest.json"
+    before = (mf.stat().st_ino, mf.stat().st_mtime_ns, mf.read_text())
+    generate_digits_inr(SMALL, tmp_path, progress=False)
+    assert (mf.stat().st_ino, mf.stat().st_mtime_ns, mf.read_text()) == before
+    info = json.loads(before[2])
+    mf.write_text(json.dumps({**info, "shards": info["shards"][:1], "complete": False}))  # killed before update
+    assert generate_digits_inr(SMALL, tmp_path, progress=False).complete
+    assert json.loads(mf.read_text())["shards"] == info["shards"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_views_differ_and_labels_match_digits(tmp_path):
     zoo = generate_digits_inr(SMALL, tmp_path, progress=False)
     items = _all(zoo)

@@ -36,6 +36,7 @@ from ..graph.convert import to_graph, trace
 from ..graph.paramgraph import ParamGraph
 from ..graph.spec import NetworkSpec
 from ..nn.stats import WeightStats, add_moments, fingerprint
+from .generate.common import private_tmp
 
 SPLITS = ("train", "val", "test")
 
@@ -221,7 +222,7 @@ class ZooDataset(Dataset):
         meta = {k: torch.stack([torch.as_tensor(m[k]) for m in metas]) for k in metas[0]}
         if file is not None and complete:
             file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(file.name + ".tmp")
+            tmp = private_tmp(file)
             save_file({"edge_attr": edge, "x": x, **ptrs, **{f"meta.{k}": v for k, v in meta.items()}}, str(tmp))
             os.replace(tmp, file)
         return edge, x, meta

@@ -68,8 +68,15 @@ def open_zoo_dir(path: Path, config: dict[str, Any]) -> Path:
     return mf
 
 
+def private_tmp(path: Path) -> Path:
+    """A temporary sibling of ``path`` private to this process: writers racing on one file (torchrun ranks
+    opening the same zoo) each write their own and ``os.replace`` it, so no one moves another's half-written
+    file into place."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = private_tmp(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -77,7 +84,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def save_shard(path: Path, params: dict[str, Tensor], meta: dict[str, Tensor]) -> None:
     tensors = {k: v.contiguous() for k, v in params.items()}
     tensors.update({META_PREFIX + k: v.contiguous() for k, v in meta.items()})
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = private_tmp(path)
     save_file(tensors, str(tmp), metadata={"format": FORMAT})
     os.replace(tmp, path)
 

@@ -286,7 +286,10 @@ def _write_manifest(mf: Path, cfg: DigitsCNNConfig, archs: list[dict[str, Any]],
         "complete": runs_done == cfg.runs,
     }
     if mf.is_file() and seconds is None:
-        info["last_build_seconds"] = json.loads(mf.read_text()).get("last_build_seconds")
+        old = json.loads(mf.read_text())
+        info["last_build_seconds"] = old.get("last_build_seconds")
+        if old == info:  # opening a finished zoo writes nothing (torchrun ranks open it side by side)
+            return
     elif seconds is not None:
         info["last_build_seconds"] = round(seconds, 1)
     atomic_write_text(mf, json.dumps(info, indent=1))
